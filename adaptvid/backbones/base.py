@@ -1,0 +1,190 @@
+"""The backbone protocol: one small interface over every supported image tower.
+
+A backbone wraps a library's own image tower (open_clip, transformers, timm)
+without copying its weights. It exposes what methods need and nothing else:
+
+* ``embed(images)``: patch embedding + prefix (CLS) tokens + position
+  embedding + pre-norm, giving batch-first tokens ``(N, L, D)``;
+* ``views``: one :class:`BlockView` per transformer block (norm1, attention,
+  norm2, MLP, layer scales) — handles into the library's modules;
+* ``head(cls)``: final norm and projection of the CLS token, giving the
+  image embedding the library's own forward would give.
+
+Methods add their modules to per-block :class:`Slot` containers owned by the
+backbone wrapper, never to the library's modules, so checkpoints and
+parameter counts keep new and frozen weights apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The input statistics that belong to a set of weights."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+@dataclass
+class BlockView:
+    """Handles into one library block; every callable is batch-first (N, L, D)."""
+
+    block: nn.Module                      # the library's block, for its fused forward
+    norm1: nn.Module
+    attn: Callable[[torch.Tensor], torch.Tensor]   # self-attention on normalised tokens
+    attn_module: nn.Module                # the attention module itself (q/k/v, out proj)
+    residual1: Callable[[torch.Tensor], torch.Tensor]  # layer scale / drop path on the attn branch
+    norm2: nn.Module
+    mlp: nn.Module
+    residual2: Callable[[torch.Tensor], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor] = None  # the library's own block call
+
+
+@dataclass
+class FrameContext:
+    """What a method module needs to see across frames: frames are folded into the batch."""
+
+    num_frames: int
+    grid: tuple[int, int]
+    num_prefix_tokens: int
+    extras: dict = field(default_factory=dict)
+
+    def unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """(B*T, L, D) -> (B, T, L, D)."""
+        return x.reshape(-1, self.num_frames, *x.shape[1:])
+
+
+HOOK_POINTS = ("before_attn", "before_mlp", "after_block")
+
+
+class Slot(nn.Module):
+    """Per-block container for method modules, one ModuleDict per hook point.
+
+    A hook module is called as ``module(x, ctx) -> x`` on the residual stream.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for point in HOOK_POINTS:
+            setattr(self, point, nn.ModuleDict())
+
+    def is_empty(self) -> bool:
+        return all(len(getattr(self, p)) == 0 for p in HOOK_POINTS)
+
+    def add(self, point: str, name: str, module: nn.Module) -> None:
+        if point not in HOOK_POINTS:
+            raise ValueError(f"unknown hook point {point!r}; choose one of {HOOK_POINTS}")
+        container = getattr(self, point)
+        if name in container:
+            raise ValueError(f"a module named {name!r} already sits at {point}")
+        container[name] = module
+
+
+def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
+    """One pre-norm transformer block with the slot's method modules in place.
+
+    An empty slot calls the library's own block so an unmodified model is
+    computed by exactly the library's code.
+    """
+    if slot.is_empty():
+        return view.forward(x)
+    for module in slot.before_attn.values():
+        x = module(x, ctx)
+    x = x + view.residual1(view.attn(view.norm1(x)))
+    for module in slot.before_mlp.values():
+        x = module(x, ctx)
+    x = x + view.residual2(view.mlp(view.norm2(x)))
+    for module in slot.after_block.values():
+        x = module(x, ctx)
+    return x
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set the attributes below and implement embed/head/_make_views."""
+
+    library: str = ""
+    width: int           # token width D
+    embed_dim: int       # width of head(cls), the image embedding
+    num_heads: int
+    patch_size: int
+    image_size: int
+    num_prefix_tokens: int = 1
+    preprocess: Preprocess
+
+    def __init__(self, name: str, tower: nn.Module) -> None:
+        super().__init__()
+        self.name = name
+        self.tower = tower       # the library's image tower: frozen weights stay here
+        self.slots = nn.ModuleList()
+        self.after_embed = nn.ModuleDict()  # modules called as m(tokens, ctx) right after embed()
+        self._views: Optional[list[BlockView]] = None
+        self.text = None         # text tower handle (not a submodule) for text-side methods
+
+    # -- implemented by each library wrapper ---------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def head(self, cls: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def library_forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The library's own image embedding, for equivalence tests."""
+        raise NotImplementedError
+
+    def _make_views(self) -> list[BlockView]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------
+    @property
+    def views(self) -> list[BlockView]:
+        if self._views is None:
+            self._views = self._make_views()
+            self.slots = nn.ModuleList(Slot() for _ in self._views)
+        return self._views
+
+    @property
+    def depth(self) -> int:
+        return len(self.views)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return (side, side)
+
+    def context(self, num_frames: int) -> FrameContext:
+        return FrameContext(num_frames=num_frames, grid=self.grid, num_prefix_tokens=self.num_prefix_tokens)
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        ctx: FrameContext,
+        return_layers: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the tower on (N, C, H, W) frames; return final tokens and requested layers' outputs."""
+        views = self.views
+        x = self.embed(images)
+        for module in self.after_embed.values():
+            x = module(x, ctx)
+        taken = []
+        for index, (view, slot) in enumerate(zip(views, self.slots)):
+            x = run_block(view, slot, x, ctx)
+            if index in return_layers:
+                taken.append(x)
+        return x, taken
+
+    def forward(self, images: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        """Image embedding of each frame, (N, embed_dim)."""
+        tokens, _ = self.forward_tokens(images, self.context(num_frames))
+        return self.head(tokens[:, 0])
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x

@@ -1,0 +1,80 @@
+"""open_clip CLIP image towers behind the backbone protocol."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Backbone, BlockView, Preprocess, identity
+
+
+class TextTower:
+    """The CLIP text side, kept at hand (not a submodule) for text-side methods."""
+
+    def __init__(self, model: nn.Module, tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+
+class OpenClipBackbone(Backbone):
+    library = "open_clip"
+
+    def __init__(self, name: str, clip_model: nn.Module, tokenizer=None) -> None:
+        visual = clip_model.visual
+        super().__init__(name, visual)
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ValueError(
+                f"backbone {name!r}: only CLS-token pooling towers are supported "
+                f"(this one pools with {getattr(visual, 'pool_type', '?')!r} / attention pooling)"
+            )
+        first = visual.transformer.resblocks[0]
+        self.width = visual.transformer.width
+        self.num_heads = first.attn.num_heads
+        self.patch_size = visual.conv1.kernel_size[0]
+        self.image_size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+        self.embed_dim = visual.proj.shape[1] if visual.proj is not None else self.width
+        self._batch_first = getattr(visual.transformer, "batch_first", True)
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        self.preprocess = Preprocess(
+            image_size=self.image_size,
+            mean=tuple(cfg.get("mean", visual.image_mean or (0.48145466, 0.4578275, 0.40821073))),
+            std=tuple(cfg.get("std", visual.image_std or (0.26862954, 0.26130258, 0.27577711))),
+            interpolation=cfg.get("interpolation", "bicubic"),
+        )
+        self.text = TextTower(clip_model, tokenizer)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tower._embeds(images)
+
+    def head(self, cls: torch.Tensor) -> torch.Tensor:
+        cls = self.tower.ln_post(cls)
+        if self.tower.proj is not None:
+            cls = cls @ self.tower.proj
+        return cls
+
+    def library_forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tower(images)
+
+    def _make_views(self) -> list[BlockView]:
+        if not self._batch_first:
+            raise ValueError(f"backbone {self.name!r}: sequence-first open_clip towers are not supported")
+        return [self._view(block) for block in self.tower.transformer.resblocks]
+
+    @staticmethod
+    def _view(block: nn.Module) -> BlockView:
+        if isinstance(block.attn, nn.MultiheadAttention):
+            def attn(x, block=block):
+                return block.attention(q_x=x)
+        else:  # CustomResidualAttentionBlock: open_clip's own Attention + optional ln_attn
+            def attn(x, block=block):
+                return block.ln_attn(block.attn(x))
+        return BlockView(
+            block=block,
+            norm1=block.ln_1,
+            attn=attn,
+            attn_module=block.attn,
+            residual1=block.ls_1,
+            norm2=block.ln_2,
+            mlp=block.mlp,
+            residual2=block.ls_2,
+            forward=block,
+        )

@@ -1,0 +1,117 @@
+"""Adapter-only checkpoints: trainable tensors as safetensors + a JSON config.
+
+Layout of a checkpoint folder::
+
+    adapter.safetensors   the parameters with requires_grad=True, by their model names
+    adaptvid.json         backbone name, weights spec, methods and their configs, classes, version
+
+Nothing here unpickles: safetensors holds tensors only, the config is JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adaptvid.json"
+FORMAT = "adaptvid-adapter"
+FORMAT_VERSION = 1
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def model_config(model, class_names: Optional[list[str]] = None) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adaptvid_version": __version__,
+        "backbone": model.backbone.name,
+        "weights": getattr(model, "weights", None),
+        "num_frames": model.num_frames,
+        "num_classes": model.num_classes,
+        "class_names": list(class_names) if class_names is not None else None,
+        "pool": model.pool,
+        "head_dropout": model.dropout.p,
+        "methods": [{"name": name, "config": dataclasses.asdict(cfg)} for name, cfg in model.methods],
+        "preprocess": dataclasses.asdict(model.backbone.preprocess),
+    }
+
+
+def save_adapter(model, directory, class_names=None, extra: Optional[dict] = None) -> Path:
+    """Write ``adapter.safetensors`` and ``adaptvid.json`` into ``directory`` (created if needed).
+
+    Files are written to a temporary name and renamed, so an interrupted save
+    never leaves a half-written checkpoint in place of a good one.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model_config(model, class_names)
+    if extra:
+        config["extra"] = extra
+    tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
+    save_file(trainable_state(model), str(tmp_weights), metadata={"format": "pt", "adaptvid": __version__})
+    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp_weights, directory / WEIGHTS_FILE)
+    os.replace(tmp_config, directory / CONFIG_FILE)
+    return directory
+
+
+def read_config(directory) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no adaptvid checkpoint here (expected {CONFIG_FILE} and {WEIGHTS_FILE}, "
+            "as written by model.save_adapter or adaptvid adapt --output)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an adaptvid adapter config (format={config.get('format')!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: written by a newer adaptvid (format {config['format_version']}); upgrade adaptvid")
+    return config
+
+
+def load_model(directory, weights: Optional[str] = None, map_location: str = "cpu"):
+    """Rebuild a saved model on a freshly loaded backbone and load its trained tensors.
+
+    ``weights`` overrides the backbone weights recorded at save time (e.g. a
+    local copy of the hub weights on an offline machine).
+    """
+    from .methods.registry import config_from_dict, get_method
+    from .model import assemble_model
+
+    directory = Path(directory)
+    config = read_config(directory)
+    specs = [get_method(m["name"]) for m in config["methods"]]
+    configs = [(spec, config_from_dict(spec, m["config"])) for spec, m in zip(specs, config["methods"])]
+    model = assemble_model(
+        config["backbone"], configs, config["num_classes"],
+        weights=weights if weights is not None else config.get("weights"),
+        num_frames=config["num_frames"], pool=config["pool"], head_dropout=config.get("head_dropout", 0.0),
+    )
+    tensors = load_file(str(directory / WEIGHTS_FILE), device=map_location)
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(tensors) - expected)
+    missing = sorted(expected - set(tensors))
+    if unexpected or missing:
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE}: tensors do not match the rebuilt model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it saved by another adaptvid version?"
+        )
+    model.load_state_dict(tensors, strict=False)
+    model.class_names = config.get("class_names")
+    model.checkpoint_config = config
+    return model

@@ -1,0 +1,153 @@
+"""VideoModel: a backbone with methods injected, a temporal readout and a classifier."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, create_backbone
+from .methods.registry import make_configs, split_method_names
+
+POOLS = ("embed-mean", "token-mean")
+
+
+class VideoModel(nn.Module):
+    """Video classifier over an image backbone.
+
+    Input: float video ``(B, C, T, H, W)`` normalised with ``backbone.preprocess``.
+    ``forward`` gives class logits ``(B, num_classes)``; ``encode_video`` the
+    ``(B, D)`` video embedding.
+
+    ``pool`` chooses the readout: ``"embed-mean"`` averages the per-frame image
+    embeddings (CLS -> final norm -> projection, then mean over time);
+    ``"token-mean"`` averages the CLS tokens over time first and applies the
+    final norm and projection once (ST-Adapter's readout).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: Optional[int],
+        num_frames: int = 8,
+        pool: str = "embed-mean",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.backbone = backbone
+        self.num_frames = num_frames
+        self.pool = pool
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(backbone.embed_dim, num_classes) if num_classes else None
+        self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
+        backbone.views  # build the per-block slots now, so methods can fill them
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.head.out_features if self.head is not None else None
+
+    def _check(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected a video batch (B, 3, T, H, W), got shape {tuple(video.shape)}")
+
+    def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """Final tokens of every frame, (B*T, L, D); frames folded into the batch."""
+        self._check(video)
+        b, c, t, h, w = video.shape
+        frames = video.transpose(1, 2).reshape(b * t, c, h, w)
+        ctx = self.backbone.context(t)
+        grad = torch.is_grad_enabled() and self._backbone_needs_grad()
+        with torch.set_grad_enabled(grad):
+            tokens, _ = self.backbone.forward_tokens(frames, ctx)
+        return tokens
+
+    def _backbone_needs_grad(self) -> bool:
+        # Frozen towers with nothing trainable inside run without autograd (cheaper, no saved activations).
+        return any(p.requires_grad for p in self.backbone.parameters())
+
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """Per-frame image embeddings, (B, T, embed_dim)."""
+        b, t = video.shape[0], video.shape[2]
+        cls = self.frame_tokens(video)[:, 0]
+        return self.backbone.head(cls).reshape(b, t, -1)
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Video embedding, (B, embed_dim)."""
+        if self.pool == "embed-mean":
+            return self.encode_frames(video).mean(dim=1)
+        b, t = video.shape[0], video.shape[2]
+        cls = self.frame_tokens(video)[:, 0].reshape(b, t, -1)
+        return self.backbone.head(cls.mean(dim=1))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("this model was built without classes (num_classes=None): use encode_video")
+        return self.head(self.dropout(self.encode_video(video)))
+
+    def forward_views(self, views: torch.Tensor) -> torch.Tensor:
+        """Multi-view testing: ``(B, V, C, T, H, W)`` -> softmax scores averaged over views, (B, classes)."""
+        b, v = views.shape[:2]
+        logits = self(views.flatten(0, 1))
+        return logits.softmax(dim=-1).reshape(b, v, -1).mean(dim=1)
+
+    # -- checkpoints ------------------------------------------------------------
+    def save_adapter(self, directory, class_names=None, extra: Optional[dict] = None) -> None:
+        """Write the trainable parameters (safetensors) and a JSON config to ``directory``."""
+        from .checkpoint import save_adapter
+
+        save_adapter(self, directory, class_names=class_names, extra=extra)
+
+
+def build_model(
+    backbone: str | Backbone,
+    method: str | list[str] = "frozen",
+    num_classes: Optional[int] = None,
+    *,
+    weights: Optional[str] = None,
+    num_frames: int = 8,
+    pool: Optional[str] = None,
+    head_dropout: float = 0.0,
+    **method_options: Any,
+) -> VideoModel:
+    """Build a video model: backbone by name (or instance), methods by name (comma-separated or list).
+
+    The backbone starts fully frozen; each method's injector adds its modules
+    and unfreezes what its paper trains. Options go to the methods that have a
+    field of that name (``adaptvid list`` shows them).
+    """
+    configs = make_configs(split_method_names(method), method_options)
+    return assemble_model(backbone, configs, num_classes, weights=weights, num_frames=num_frames,
+                          pool=pool, head_dropout=head_dropout)
+
+
+def assemble_model(
+    backbone: str | Backbone,
+    configs: list,
+    num_classes: Optional[int],
+    *,
+    weights: Optional[str] = None,
+    num_frames: int = 8,
+    pool: Optional[str] = None,
+    head_dropout: float = 0.0,
+) -> VideoModel:
+    """Build from already-made ``[(MethodSpec, config)]`` pairs (used by build_model and load_model)."""
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
+    bb.requires_grad_(False)
+    model = VideoModel(bb, num_classes, num_frames=num_frames, head_dropout=head_dropout)
+    model.weights = None if isinstance(backbone, Backbone) else weights
+    for spec, config in configs:
+        spec.apply(model, config)
+        model.methods.append((spec.name, config))
+    if pool is not None:
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        model.pool = pool
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, each shared tensor counted once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
