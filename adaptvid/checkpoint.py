@@ -41,6 +41,7 @@ def model_config(model, class_names: Optional[list[str]] = None) -> dict:
         "num_classes": model.num_classes,
         "class_names": list(class_names) if class_names is not None else None,
         "pool": model.pool,
+        "project": model.project,
         "head_dropout": model.dropout.p,
         "methods": [{"name": name, "config": dataclasses.asdict(cfg)} for name, cfg in model.methods],
         "preprocess": dataclasses.asdict(model.backbone.preprocess),
@@ -100,7 +101,7 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
     model = assemble_model(
         config["backbone"], configs, config["num_classes"],
         weights=weights if weights is not None else config.get("weights"),
-        num_frames=config["num_frames"], pool=config["pool"], head_dropout=config.get("head_dropout", 0.0),
+        num_frames=config["num_frames"], pool=config["pool"], project=config.get("project", True), head_dropout=config.get("head_dropout", 0.0),
     )
     tensors = load_file(str(directory / WEIGHTS_FILE), device=map_location)
     expected = {name for name, p in model.named_parameters() if p.requires_grad}

@@ -22,7 +22,8 @@ class VideoModel(nn.Module):
     ``pool`` chooses the readout: ``"embed-mean"`` averages the per-frame image
     embeddings (CLS -> final norm -> projection, then mean over time);
     ``"token-mean"`` averages the CLS tokens over time first and applies the
-    final norm and projection once (ST-Adapter's readout).
+    final norm and projection once (ST-Adapter's readout). ``project=False``
+    stops at the final norm (width D instead of the joint-space width).
     """
 
     def __init__(
@@ -32,21 +33,35 @@ class VideoModel(nn.Module):
         num_frames: int = 8,
         pool: str = "embed-mean",
         head_dropout: float = 0.0,
+        project: bool = True,
     ) -> None:
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.backbone = backbone
         self.num_frames = num_frames
-        self.pool = pool
         self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(backbone.embed_dim, num_classes) if num_classes else None
+        self._num_classes = num_classes
+        self.set_readout(pool, project)
         self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
         backbone.views  # build the per-block slots now, so methods can fill them
 
     @property
     def num_classes(self) -> Optional[int]:
-        return self.head.out_features if self.head is not None else None
+        return self._num_classes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.embed_dim if self.project else self.backbone.width
+
+    def set_readout(self, pool: str, project: bool) -> None:
+        """Choose the readout; (re)builds the linear head for the resulting embedding width."""
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.pool, self.project = pool, project
+        self.head = None
+        if self._num_classes:
+            self.head = nn.Linear(self.embed_dim, self._num_classes)
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     def _check(self, video: torch.Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != 3:
@@ -71,7 +86,7 @@ class VideoModel(nn.Module):
         """Per-frame image embeddings, (B, T, embed_dim)."""
         b, t = video.shape[0], video.shape[2]
         cls = self.frame_tokens(video)[:, 0]
-        return self.backbone.head(cls).reshape(b, t, -1)
+        return self.backbone.head(cls, self.project).reshape(b, t, -1)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding, (B, embed_dim)."""
@@ -79,7 +94,7 @@ class VideoModel(nn.Module):
             return self.encode_frames(video).mean(dim=1)
         b, t = video.shape[0], video.shape[2]
         cls = self.frame_tokens(video)[:, 0].reshape(b, t, -1)
-        return self.backbone.head(cls.mean(dim=1))
+        return self.backbone.head(cls.mean(dim=1), self.project)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if self.head is None:
@@ -108,6 +123,7 @@ def build_model(
     weights: Optional[str] = None,
     num_frames: int = 8,
     pool: Optional[str] = None,
+    project: Optional[bool] = None,
     head_dropout: float = 0.0,
     **method_options: Any,
 ) -> VideoModel:
@@ -119,7 +135,7 @@ def build_model(
     """
     configs = make_configs(split_method_names(method), method_options)
     return assemble_model(backbone, configs, num_classes, weights=weights, num_frames=num_frames,
-                          pool=pool, head_dropout=head_dropout)
+                          pool=pool, project=project, head_dropout=head_dropout)
 
 
 def assemble_model(
@@ -130,6 +146,7 @@ def assemble_model(
     weights: Optional[str] = None,
     num_frames: int = 8,
     pool: Optional[str] = None,
+    project: Optional[bool] = None,
     head_dropout: float = 0.0,
 ) -> VideoModel:
     """Build from already-made ``[(MethodSpec, config)]`` pairs (used by build_model and load_model)."""
@@ -140,10 +157,8 @@ def assemble_model(
     for spec, config in configs:
         spec.apply(model, config)
         model.methods.append((spec.name, config))
-    if pool is not None:
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        model.pool = pool
+    if pool is not None or project is not None:  # explicit choices override the methods' readout
+        model.set_readout(pool or model.pool, model.project if project is None else project)
     return model
 
 

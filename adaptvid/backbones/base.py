@@ -132,7 +132,8 @@ class Backbone(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def head(self, cls: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:  # pragma: no cover - abstract
+        """Final norm (and, with ``project``, the projection into the joint image-text space)."""
         raise NotImplementedError
 
     def library_forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover

@@ -43,9 +43,9 @@ class HFClipBackbone(Backbone):
         vm = self.tower.vision_model
         return vm.pre_layrnorm(vm.embeddings(images))
 
-    def head(self, cls: torch.Tensor) -> torch.Tensor:
+    def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:
         cls = self.tower.vision_model.post_layernorm(cls)
-        if self.tower.visual_projection is not None:
+        if project and self.tower.visual_projection is not None:
             cls = self.tower.visual_projection(cls)
         return cls
 

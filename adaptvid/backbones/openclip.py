@@ -45,9 +45,9 @@ class OpenClipBackbone(Backbone):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.tower._embeds(images)
 
-    def head(self, cls: torch.Tensor) -> torch.Tensor:
+    def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:
         cls = self.tower.ln_post(cls)
-        if self.tower.proj is not None:
+        if project and self.tower.proj is not None:
             cls = cls @ self.tower.proj
         return cls
 

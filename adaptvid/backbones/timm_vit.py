@@ -41,7 +41,7 @@ class TimmBackbone(Backbone):
         x = m.patch_drop(x)
         return m.norm_pre(x)
 
-    def head(self, cls: torch.Tensor) -> torch.Tensor:
+    def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:  # timm towers have no projection
         # timm applies `norm` to all tokens then `fc_norm` to the pooled one; both are per-token.
         return self.tower.fc_norm(self.tower.norm(cls))
 

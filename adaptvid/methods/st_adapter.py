@@ -24,9 +24,6 @@ class STAdapterConfig:
         "help": "'mlp': one adapter before the MLP of every block (12x384, Kinetics); "
                 "'attn+mlp': before attention and before the MLP (24x384, SSv2)"})
     kernel_t: int = field(default=3, metadata={"help": "temporal kernel size of the depthwise conv"})
-    readout: str = field(default="token-mean", metadata={
-        "help": "'token-mean' averages CLS tokens over time before the final norm (the paper); "
-                "'embed-mean' averages frame embeddings"})
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
@@ -69,4 +66,5 @@ def apply_st_adapter(model, config: STAdapterConfig) -> None:
     for slot in backbone.slots:
         for point in PLACEMENTS[config.placement]:
             slot.add(point, "st_adapter", STAdapter(backbone.width, config.bottleneck, config.kernel_t))
-    model.pool = config.readout
+    # The paper's readout: CLS averaged over time, then the frozen final norm; no CLIP projection.
+    model.set_readout("token-mean", project=False)

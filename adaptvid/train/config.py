@@ -1,0 +1,41 @@
+"""Training settings: one dataclass shared by the CLI, the recipes and the Python API."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=8, metadata={"help": "clips per process per step"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of new modules (adapters, head)"})
+    backbone_lr: Optional[float] = field(default=None, metadata={
+        "help": "learning rate of unfrozen backbone weights (default: lr / 10)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, embeddings)"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length, then cosine decay to 0"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    clip_grad: Optional[float] = field(default=1.0, metadata={"help": "gradient-norm clipping (None: off)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    precision: str = field(default="no", metadata={"help": "mixed precision: no, bf16 or fp16"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    num_workers: int = field(default=2, metadata={"help": "data-loader worker processes"})
+    eval_every: int = field(default=1, metadata={"help": "evaluate every N epochs (and always at the end)"})
+    log_every: int = field(default=10, metadata={"help": "write a train line to metrics.jsonl every N steps"})
+    views: str = field(default="1x1", metadata={"help": "validation views CLIPSxCROPS"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"precision must be no, bf16 or fp16, got {self.precision!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def resolved_backbone_lr(self) -> float:
+        return self.backbone_lr if self.backbone_lr is not None else self.lr / 10
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
