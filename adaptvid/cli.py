@@ -1,0 +1,382 @@
+"""The `adaptvid` command: adapt, eval, predict, demo-data, list, recipes."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+# Flags that map onto a recipe setting: flag dest -> dotted path in the settings.
+SETTING_FLAGS = {
+    "backbone": "backbone", "method": "method", "weights": "weights",
+    "frames": "model.frames", "head_dropout": "model.head_dropout",
+    "train_list": "data.train", "val_list": "data.val", "data_root": "data.root", "classes": "data.classes",
+    "sampling": "data.sampling", "stride": "data.stride", "hflip": "data.hflip", "backend": "data.backend",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "backbone_lr": "train.backbone_lr",
+    "weight_decay": "train.weight_decay", "warmup_epochs": "train.warmup_epochs", "grad_accum": "train.grad_accum",
+    "clip_grad": "train.clip_grad", "precision": "train.precision", "seed": "train.seed",
+    "num_workers": "train.num_workers", "views": "train.views", "eval_every": "train.eval_every",
+    "label_smoothing": "train.label_smoothing",
+}
+DEFAULT_DEMO_DIR = "adaptvid_demo/data"
+
+
+def _method_option_fields() -> dict[str, dataclasses.Field]:
+    from .methods import list_methods
+
+    fields: dict[str, dataclasses.Field] = {}
+    for spec in list_methods().values():
+        for f in dataclasses.fields(spec.config_cls):
+            fields.setdefault(f.name, f)
+    return fields
+
+
+def _value_type(f: dataclasses.Field):
+    from .recipes import parse_value
+
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):
+        return lambda text: str(text).lower() in ("1", "true", "yes", "on")
+    if isinstance(default, (int, float, str)):
+        return type(default)
+    return parse_value
+
+
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="train a video model from an image backbone",
+                       description="Train a video model. Settings come from (lowest first): the recipe, "
+                                   "these flags, then --set KEY=VALUE.")
+    p.add_argument("--recipe", help="a recipe name (adaptvid recipes list) or a .yaml path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe setting by dotted path, e.g. train.epochs=3 (repeatable)")
+    p.add_argument("--demo", action="store_true", help="train on the generated demo task (made if missing)")
+    p.add_argument("--demo-dir", default=DEFAULT_DEMO_DIR, help=f"where the demo data lives (default {DEFAULT_DEMO_DIR})")
+    p.add_argument("--backbone", help="backbone name (adaptvid list), default clip")
+    p.add_argument("--method", help="method name(s), comma-separated, e.g. st-adapter")
+    p.add_argument("--weights", help="backbone weights: a local file/folder, or 'random' (default: the hub's)")
+    p.add_argument("--train", dest="train_list", help="training list file: 'relative/path label' per line")
+    p.add_argument("--val", dest="val_list", help="validation list file")
+    p.add_argument("--data-root", help="folder the list paths are relative to (default: the list's folder)")
+    p.add_argument("--classes", help="class-names file, one per line in label order")
+    p.add_argument("--frames", type=int, help="frames per clip (default 8)")
+    p.add_argument("--sampling", choices=["segment", "dense"], help="segment (TSN) or dense fixed-stride sampling")
+    p.add_argument("--stride", type=int, help="frame stride for dense sampling")
+    p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips in training")
+    p.add_argument("--backend", choices=["decord", "pyav", "torchcodec"], help="video reader (default decord)")
+    p.add_argument("--head-dropout", type=float, help="dropout before the linear head")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="clips per process per step")
+    p.add_argument("--lr", type=float, help="learning rate of new modules")
+    p.add_argument("--backbone-lr", type=float, help="learning rate of unfrozen backbone weights (default lr/10)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    p.add_argument("--clip-grad", type=float, help="gradient-norm clipping (0: off)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int, help="data-loader workers")
+    p.add_argument("--views", help="validation views CLIPSxCROPS, e.g. 3x1")
+    p.add_argument("--eval-every", type=int, help="evaluate every N epochs")
+    p.add_argument("--output", help="checkpoint folder (default runs/<recipe or method>)")
+    p.add_argument("--resume", action="store_true", help="continue the training in --output from its last epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options = p.add_argument_group("method options (go to every chosen method with that field)")
+    for name, f in sorted(_method_option_fields().items()):
+        options.add_argument("--" + name.replace("_", "-"), dest=f"opt_{name}", type=_value_type(f),
+                             help=f.metadata.get("help", ""))
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a list file")
+    p.add_argument("--checkpoint", required=True, help="folder written by adaptvid adapt / save_adapter")
+    p.add_argument("--data", required=True, help="list file: 'relative/path label' per line")
+    p.add_argument("--data-root", help="folder the list paths are relative to")
+    p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS, e.g. 4x3 (default 1x1)")
+    p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-5 classes for each video")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS")
+    p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="adaptvid", description="Turn frozen image models into video models.")
+    parser.add_argument("--version", action="version", version=f"adaptvid {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_adapt(sub)
+    _add_eval(sub)
+    _add_predict(sub)
+    p = sub.add_parser("demo-data", help="generate the demo videos, lists and class names")
+    p.add_argument("dir", nargs="?", default=DEFAULT_DEMO_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    sub.add_parser("list", help="backbones and methods")
+    p = sub.add_parser("recipes", help="list or show recipes")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("name", nargs="?")
+    return parser
+
+
+# -- adapt -------------------------------------------------------------------------
+
+def _set(settings: dict, path: str, value: Any) -> None:
+    node = settings
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def adapt_settings(args: argparse.Namespace) -> dict:
+    """Recipe, then explicit flags, then --set overrides."""
+    from .recipes import apply_overrides, load_recipe
+
+    recipe_name = args.recipe or ("demo" if args.demo else None)
+    settings = load_recipe(recipe_name) if recipe_name else {"backbone": "clip", "method": "frozen"}
+    settings = {k: v for k, v in settings.items() if k not in ("paper", "command", "description", "expected")}
+    for dest, path in SETTING_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            _set(settings, path, value)
+    for key, value in vars(args).items():
+        if key.startswith("opt_") and value is not None:
+            _set(settings, "options." + key[4:], value)
+    settings = apply_overrides(settings, args.overrides)
+    if args.demo:
+        data = settings.setdefault("data", {})
+        if not data.get("train"):
+            paths = ensure_demo_data(Path(args.demo_dir))
+            data.update(train=paths["train"], val=paths["val"], classes=paths["classes"], root=None)
+    return settings
+
+
+def ensure_demo_data(directory: Path) -> dict:
+    names = {"train": directory / "train.txt", "val": directory / "val.txt", "classes": directory / "classes.txt"}
+    if not all(p.exists() for p in names.values()):
+        from .data.demo import make_demo_data
+
+        print(f"generating the demo data in {directory} ...", file=sys.stderr)
+        make_demo_data(directory)
+    return {k: str(v) for k, v in names.items()}
+
+
+def _datasets(model, data: dict, train_cfg, train_path: Optional[str], val_path: Optional[str]):
+    from .data import VideoDataset, VideoTransform, read_list_file
+
+    pp = model.backbone.preprocess
+    common = dict(num_frames=model.num_frames, sampling=data.get("sampling", "segment"),
+                  stride=int(data.get("stride", 4)), backend=data.get("backend"), seed=train_cfg.seed)
+    train_set = val_set = None
+    if train_path:
+        transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=True, hflip=bool(data.get("hflip", False)),
+                                   scale=tuple(data.get("scale", (0.25, 1.0))))
+        train_set = VideoDataset(read_list_file(train_path, data.get("root")), transform=transform, train=True, **common)
+    if val_path:
+        transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=False,
+                                   short_side=data.get("short_side") or pp.image_size)
+        val_set = VideoDataset(read_list_file(val_path, data.get("root")), transform=transform, train=False,
+                               views=train_cfg.views, **common)
+    return train_set, val_set
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .data import read_class_names, read_list_file
+    from .model import build_model
+    from .train import TrainConfig, fit
+
+    settings = adapt_settings(args)
+    data = settings.get("data", {})
+    if not data.get("train"):
+        raise SystemExit("adaptvid adapt: no training data; pass --train LIST (and --val LIST), a recipe with "
+                         "data.train, or --demo")
+    train_values = dict(settings.get("train", {}))
+    if args.no_progress:
+        train_values["progress"] = False
+    if train_values.get("clip_grad") == 0:
+        train_values["clip_grad"] = None
+    unknown = set(train_values) - TrainConfig.field_names()
+    if unknown:
+        raise SystemExit(f"adaptvid adapt: unknown train setting(s) {sorted(unknown)}; "
+                         f"valid: {sorted(TrainConfig.field_names())}")
+    cfg = TrainConfig(**train_values)
+    class_names = read_class_names(data["classes"]) if data.get("classes") else None
+    if class_names is None:
+        labels = [s.label for s in read_list_file(data["train"], data.get("root"))]
+        num_classes = max(labels) + 1
+    else:
+        num_classes = len(class_names)
+    model_cfg = settings.get("model", {})
+    model = build_model(settings["backbone"], settings["method"], num_classes, weights=settings.get("weights"),
+                        num_frames=int(model_cfg.get("frames", 8)), head_dropout=float(model_cfg.get("head_dropout", 0.0)),
+                        **settings.get("options", {}))
+    train_set, val_set = _datasets(model, data, cfg, data["train"], data.get("val"))
+    if class_names is not None:
+        too_big = [s for s in train_set.samples if s.label >= num_classes]
+        if too_big:
+            raise SystemExit(f"{data['train']}: label {too_big[0].label} of {too_big[0].path} is out of range "
+                             f"for the {num_classes} classes in {data['classes']}")
+    output = Path(args.output or Path("runs") / str(settings.get("name", settings["method"])).replace("/", "-"))
+    from .model import count_parameters
+
+    trainable, total = count_parameters(model)
+    print(f"adaptvid: {settings['backbone']} + {settings['method']}: {trainable:,} trainable of {total:,} parameters; "
+          f"{len(train_set)} training videos; output {output}", file=sys.stderr)
+    result = fit(model, train_set, val_set, cfg, output, class_names=class_names, resume=args.resume,
+                 overwrite=args.overwrite, extra_config={"data": {k: v for k, v in data.items() if k not in ("train", "val")}})
+    if result.get("num_videos"):
+        print(f"validation top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+              f"mean class {result['mean_class']:.2f}%  ({result['num_videos']} videos) -> {output}")
+    return 0
+
+
+# -- eval / predict ------------------------------------------------------------------
+
+def _eval_loader(model, data_settings: dict, samples, views: str, batch_size: int, num_workers: int, backend=None):
+    from torch.utils.data import DataLoader
+
+    from .data import VideoDataset, VideoTransform, collate_videos
+
+    pp = model.backbone.preprocess
+    transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=False,
+                               short_side=data_settings.get("short_side") or pp.image_size)
+    dataset = VideoDataset(samples, num_frames=model.num_frames, transform=transform, train=False, views=views,
+                           sampling=data_settings.get("sampling", "segment"), stride=int(data_settings.get("stride", 4)),
+                           backend=backend or data_settings.get("backend"))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_videos)
+
+
+def _recorded_data(model) -> dict:
+    return (getattr(model, "checkpoint_config", {}).get("extra") or {}).get("data", {})
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import parse_views, read_list_file
+    from .train import evaluate
+
+    parse_views(args.views)
+    model = load_model(args.checkpoint, weights=args.weights)
+    samples = read_list_file(args.data, args.data_root)
+    loader = _eval_loader(model, _recorded_data(model), samples, args.views, args.batch_size, args.num_workers)
+    result = evaluate(model, loader)
+    result["views"] = args.views
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  mean class {result['mean_class']:.2f}%  "
+              f"({result['num_videos']} videos, {result['skipped']} skipped, views {args.views})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .data import VideoSample, parse_views
+
+    parse_views(args.views)
+    model = load_model(args.checkpoint, weights=args.weights).eval()
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    samples = [VideoSample(str(Path(v).resolve()), 0) for v in args.videos]
+    loader = _eval_loader(model, _recorded_data(model), samples, args.views, batch_size=1, num_workers=0)
+    results, failed = [], 0
+    with torch.no_grad():
+        for sample, batch in zip(samples, loader):
+            if batch["video"] is None:
+                failed += 1
+                print(f"adaptvid predict: could not read {sample.path} (see the warning above)", file=sys.stderr)
+                continue
+            video = batch["video"]
+            scores = model.forward_views(video) if video.ndim == 6 else model(video).softmax(-1)
+            top = scores[0].topk(min(5, scores.shape[1]))
+            results.append({"video": sample.path, "top5": [
+                {"class": names[i], "label": int(i), "score": round(float(s), 6)} for s, i in zip(top.values, top.indices)]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["video"])
+            for rank, item in enumerate(r["top5"], 1):
+                print(f"  {rank}. {item['class']:<30} {100 * item['score']:6.2f}%")
+    return 1 if failed == len(samples) else 0
+
+
+# -- small commands ---------------------------------------------------------------------
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .backbones import list_backbones
+    from .methods import list_methods
+
+    print("backbones:")
+    for name, help in list_backbones().items():
+        print(f"  {name:<16} {help}")
+    print("methods:")
+    for name, spec in list_methods().items():
+        alias = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
+        print(f"  {name:<16} [{spec.family}] {spec.help}{alias}")
+        for f in dataclasses.fields(spec.config_cls):
+            print(f"      --{f.name.replace('_', '-')} (default {f.default!r}): {f.metadata.get('help', '')}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import find_recipe, list_recipes, load_recipe
+
+    if args.action == "list":
+        for name in list_recipes():
+            recipe = load_recipe(name)
+            paper = recipe.get("paper", {})
+            reported = f"  paper top-1 {paper['top1']} ({paper.get('views', '?')} views)" if "top1" in paper else ""
+            print(f"{name:<34} {recipe['backbone']} + {recipe['method']}{reported}")
+        return 0
+    if not args.name:
+        raise SystemExit("adaptvid recipes show NAME")
+    print(find_recipe(args.name).read_text(), end="")
+    return 0
+
+
+COMMANDS = {"adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # open_clip warns on every tiny (seeded, weight-less) backbone; that is expected
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: "No pretrained weights loaded" not in record.getMessage())
+    if args.command == "demo-data":
+        from .data.demo import make_demo_data
+
+        paths = make_demo_data(args.dir, seed=args.seed)
+        print(json.dumps(paths, indent=2))
+        return 0
+    from .backbones import BackboneLoadError
+    from .data import VideoReadError
+    from .recipes import RecipeError
+    from .train import OutputExistsError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (BackboneLoadError, RecipeError, OutputExistsError, VideoReadError, FileNotFoundError, ValueError) as error:
+        print(f"adaptvid {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

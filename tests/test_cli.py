@@ -1,0 +1,120 @@
+"""The CLI end to end on a small demo set: adapt, eval, predict, resume, bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adaptvid.cli import main
+from adaptvid.data.demo import make_demo_data
+
+FAST = ["--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--bottleneck", "16"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
+    return root
+
+
+def _adapt(demo, out, *extra):
+    return main(["adapt", "--demo", "--demo-dir", str(demo), "--output", str(out), *FAST, *extra])
+
+
+def test_adapt_eval_predict(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _adapt(demo, out) == 0
+    for name in ("adapter.safetensors", "adaptvid.json", "metrics.jsonl", "curve.png", "trainer_state.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "adaptvid.json").read_text())
+    assert config["backbone"] == "tiny-clip" and config["methods"][0]["name"] == "st-adapter"
+    assert config["class_names"][:2] == ["square growing", "square shrinking"]
+    events = [json.loads(line)["event"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "train" in events and "eval" in events
+    capsys.readouterr()
+
+    assert main(["eval", "--checkpoint", str(out), "--data", str(demo / "val.txt"), "--views", "2x3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_videos"] == 12 and 0 <= result["top1"] <= 100 and result["top5"] >= result["top1"]
+
+    video = demo / "val" / "square_growing" / "000.mp4"
+    assert main(["predict", "--checkpoint", str(out), str(video), "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions[0]["top5"]) == 5
+    assert predictions[0]["top5"][0]["score"] >= predictions[0]["top5"][1]["score"]
+
+
+def test_existing_output_is_not_overwritten_and_resume_continues(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _adapt(demo, out) == 0
+    saved = (out / "adapter.safetensors").read_bytes()
+    assert _adapt(demo, out) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert (out / "adapter.safetensors").read_bytes() == saved
+
+    import torch
+
+    first = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert first["epoch"] == 1
+    assert _adapt(demo, out, "--resume", "--epochs", "2") == 0
+    second = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert second["epoch"] == 2 and second["step"] == 2 * first["step"]
+    train_steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(l)["event"] == "train"]
+    assert train_steps == sorted(train_steps) and train_steps[-1] > first["step"]  # continued, not restarted
+
+
+def test_unreadable_videos_are_skipped_and_counted(demo, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(demo, data)
+    (data / "empty.mp4").write_bytes(b"")
+    with (data / "train.txt").open("a") as handle:
+        handle.write("empty.mp4 0\nmissing.mp4 1\n")
+    out = tmp_path / "run"
+    assert main(["adapt", "--backbone", "tiny-clip", "--method", "frozen", "--train", str(data / "train.txt"),
+                 "--val", str(data / "val.txt"), "--output", str(out), *FAST[:-2]]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable training videos" in err
+    assert "empty.mp4" in err and "missing.mp4" in err
+
+
+def test_malformed_list_line_names_file_and_line(demo, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.mp4 0\nb.mp4 zero\n")
+    assert main(["adapt", "--backbone", "tiny-clip", "--train", str(bad), "--output", str(tmp_path / "o"), *FAST[:-2]]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["st-adapter/k400-vit-b16-8f", "st-adapter/ssv2-vit-b16-8f"])
+def test_published_recipes_run_a_smoke_step_on_a_tiny_backbone(recipe, demo, tmp_path):
+    assert main(["adapt", "--recipe", recipe, "--demo", "--demo-dir", str(demo), "--output", str(tmp_path / "o"),
+                 "--set", "backbone=tiny-clip", "--set", "weights=null", "--set", "train.precision=no",
+                 "--set", "train.batch_size=4", *FAST]) == 0
+    config = json.loads((tmp_path / "o" / "adaptvid.json").read_text())
+    placement = config["methods"][0]["config"]["placement"]
+    assert placement == ("mlp" if "k400" in recipe else "attn+mlp")
+
+
+def test_recipes_list_and_show(capsys):
+    assert main(["recipes", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "st-adapter/k400-vit-b16-8f" in listing and "82.2" in listing and "demo" in listing
+    assert main(["recipes", "show", "st-adapter/ssv2-vit-b16-8f"]) == 0
+    assert "attn+mlp" in capsys.readouterr().out
+    assert main(["recipes", "show", "nope"]) == 2
+
+
+def test_two_process_training_under_accelerate_launch(demo, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "adaptvid.cli",
+           "adapt", "--demo", "--demo-dir", str(demo), "--output", str(out), *FAST]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert evals[-1]["num_videos"] == 12  # gathered from both processes, no duplicates
