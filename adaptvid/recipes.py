@@ -86,6 +86,8 @@ def validate_recipe(recipe: Any, path: Path | str = "<recipe>") -> None:
 
 def parse_value(text: str) -> Any:
     """A --set value: YAML scalars, so 3 -> int, 1e-3 -> float, true -> bool, null -> None."""
+    if text.strip().lower() in ("no", "yes", "on", "off"):  # YAML 1.1 would make these booleans
+        return text.strip()
     value = yaml.safe_load(text)
     if isinstance(text, str) and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string; people mean a number

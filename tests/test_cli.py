@@ -68,7 +68,7 @@ def test_existing_output_is_not_overwritten_and_resume_continues(demo, tmp_path,
     assert train_steps == sorted(train_steps) and train_steps[-1] > first["step"]  # continued, not restarted
 
 
-def test_unreadable_videos_are_skipped_and_counted(demo, tmp_path, capsys):
+def test_unreadable_videos_are_skipped_and_counted(demo, tmp_path, capsys, caplog):
     data = tmp_path / "data"
     shutil.copytree(demo, data)
     (data / "empty.mp4").write_bytes(b"")
@@ -77,9 +77,10 @@ def test_unreadable_videos_are_skipped_and_counted(demo, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["adapt", "--backbone", "tiny-clip", "--method", "frozen", "--train", str(data / "train.txt"),
                  "--val", str(data / "val.txt"), "--output", str(out), *FAST[:-2]]) == 0
-    err = capsys.readouterr().err
-    assert "skipped 2 unreadable training videos" in err
-    assert "empty.mp4" in err and "missing.mp4" in err
+    captured = capsys.readouterr()
+    assert "skipped 2 unreadable training videos" in captured.out + captured.err
+    warnings = caplog.text + captured.err
+    assert "empty.mp4" in warnings and "missing.mp4" in warnings
 
 
 def test_malformed_list_line_names_file_and_line(demo, tmp_path, capsys):

@@ -26,6 +26,8 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        if self.precision is False:  # `precision: no` in a YAML file reads as the boolean false
+            self.precision = "no"
         if self.precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"precision must be no, bf16 or fp16, got {self.precision!r}")
         for name in ("epochs", "batch_size", "grad_accum", "eval_every", "log_every"):
