@@ -60,8 +60,10 @@ def save_adapter(model, directory, class_names=None, extra: Optional[dict] = Non
     if extra:
         config["extra"] = extra
     tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-    save_file(trainable_state(model), str(tmp_weights), metadata={"format": "pt", "adaptvid": __version__})
-    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+    text = json.dumps(config, indent=2) + "\n"  # serialise first: a bad value fails before any file is written
+    # One metadata key only: safetensors writes several in no fixed order, and saves must be byte-identical.
+    save_file(trainable_state(model), str(tmp_weights), metadata={"format": "pt"})
+    tmp_config.write_text(text)
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
     os.replace(tmp_config, directory / CONFIG_FILE)
     return directory
@@ -103,14 +105,23 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
         weights=weights if weights is not None else config.get("weights"),
         num_frames=config["num_frames"], pool=config["pool"], project=config.get("project", True), head_dropout=config.get("head_dropout", 0.0),
     )
-    tensors = load_file(str(directory / WEIGHTS_FILE), device=map_location)
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    unexpected = sorted(set(tensors) - expected)
-    missing = sorted(expected - set(tensors))
-    if unexpected or missing:
+    path = directory / WEIGHTS_FILE
+    try:
+        tensors = load_file(str(path), device=map_location)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(tensors))
+    wrong_shape = [f"{n} {tuple(tensors[n].shape)} != {tuple(p.shape)}"
+                   for n, p in expected.items() if n in tensors and tensors[n].shape != p.shape]
+    if unexpected or missing or wrong_shape:
         raise ValueError(
-            f"{directory / WEIGHTS_FILE}: tensors do not match the rebuilt model "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it saved by another adaptvid version?"
+            f"{path}: tensors do not match the rebuilt model (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shape {wrong_shape[:5]}); was it saved with other options or another "
+            "adaptvid version?"
         )
     model.load_state_dict(tensors, strict=False)
     model.class_names = config.get("class_names")

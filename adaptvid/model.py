@@ -153,7 +153,7 @@ def assemble_model(
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
     bb.requires_grad_(False)
     model = VideoModel(bb, num_classes, num_frames=num_frames, head_dropout=head_dropout)
-    model.weights = None if isinstance(backbone, Backbone) else weights
+    model.weights = None if isinstance(backbone, Backbone) or weights is None else str(weights)
     for spec, config in configs:
         spec.apply(model, config)
         model.methods.append((spec.name, config))
