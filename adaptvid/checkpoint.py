@@ -105,7 +105,15 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
         weights=weights if weights is not None else config.get("weights"),
         num_frames=config["num_frames"], pool=config["pool"], project=config.get("project", True), head_dropout=config.get("head_dropout", 0.0),
     )
-    path = directory / WEIGHTS_FILE
+    load_trainable(model, directory, map_location)
+    model.class_names = config.get("class_names")
+    model.checkpoint_config = config
+    return model
+
+
+def load_trainable(model, directory, map_location: str = "cpu") -> None:
+    """Load ``adapter.safetensors`` into the model's trainable parameters, refusing any mismatch."""
+    path = Path(directory) / WEIGHTS_FILE
     try:
         tensors = load_file(str(path), device=map_location)
     except FileNotFoundError:
@@ -124,6 +132,3 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
             "adaptvid version?"
         )
     model.load_state_dict(tensors, strict=False)
-    model.class_names = config.get("class_names")
-    model.checkpoint_config = config
-    return model

@@ -16,7 +16,7 @@ parameter counts keep new and frozen weights apart.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -55,7 +55,6 @@ class FrameContext:
     num_frames: int
     grid: tuple[int, int]
     num_prefix_tokens: int
-    extras: dict = field(default_factory=dict)
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         """(B*T, L, D) -> (B, T, L, D)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, BlockView, Preprocess, identity
+from .base import Backbone, BlockView, Preprocess
 
 
 class TextTower:

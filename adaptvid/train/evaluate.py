@@ -24,7 +24,7 @@ def predict_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, torch
             continue
         video = batch["video"].to(device)
         if video.ndim == 6:
-            s = _unwrap(model).forward_views(video) if accelerator is None else _views(model, video)
+            s = _views(model, video)
         else:
             s = model(video).float().softmax(dim=-1)
         indices.append(batch["index"].to(device))
@@ -47,6 +47,7 @@ def predict_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, torch
 
 
 def _views(model, video: torch.Tensor) -> torch.Tensor:
+    # Same as VideoModel.forward_views, but callable on a DDP-wrapped model.
     b, v = video.shape[:2]
     logits = model(video.flatten(0, 1)).float()
     return logits.softmax(dim=-1).reshape(b, v, -1).mean(dim=1)

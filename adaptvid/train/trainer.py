@@ -172,16 +172,9 @@ def _save_state(output: Path, optimizer, scheduler, epoch: int, step: int) -> No
 
 
 def _load_state(output: Path, model, optimizer, scheduler) -> tuple[int, int]:
-    from safetensors.torch import load_file
+    from ..checkpoint import load_trainable
 
-    from ..checkpoint import WEIGHTS_FILE
-
-    tensors = load_file(str(output / WEIGHTS_FILE))
-    missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(tensors)
-    if missing:
-        raise ValueError(f"{output / WEIGHTS_FILE}: cannot resume, the checkpoint lacks {sorted(missing)[:5]}; "
-                         "was it trained with other methods or options?")
-    model.load_state_dict(tensors, strict=False)
+    load_trainable(model, output)
     # weights_only: the state holds tensors, numbers and strings only — nothing is unpickled.
     state = torch.load(output / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
