@@ -149,6 +149,8 @@ def adapt_settings(args: argparse.Namespace) -> dict:
     recipe_name = args.recipe or ("demo" if args.demo else None)
     settings = load_recipe(recipe_name) if recipe_name else {"backbone": "clip", "method": "frozen"}
     settings = {k: v for k, v in settings.items() if k not in ("paper", "command", "description", "expected")}
+    if args.method and recipe_name and args.method != settings["method"]:
+        settings["options"] = _options_for(args.method, settings.get("options", {}), recipe_name)
     for dest, path in SETTING_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
@@ -163,6 +165,18 @@ def adapt_settings(args: argparse.Namespace) -> dict:
             paths = ensure_demo_data(Path(args.demo_dir))
             data.update(train=paths["train"], val=paths["val"], classes=paths["classes"], root=None)
     return settings
+
+
+def _options_for(method: str, options: dict, recipe_name: str) -> dict:
+    """Keep the recipe's method options that the newly chosen method(s) have; say which are dropped."""
+    from .methods.registry import get_method, split_method_names
+
+    valid = {f.name for name in split_method_names(method) for f in dataclasses.fields(get_method(name).config_cls)}
+    dropped = sorted(set(options) - valid)
+    if dropped:
+        print(f"adaptvid: --method {method} replaces the recipe's method; ignoring recipe {recipe_name!r} "
+              f"option(s) {', '.join(dropped)}", file=sys.stderr)
+    return {k: v for k, v in options.items() if k in valid}
 
 
 def ensure_demo_data(directory: Path) -> dict:

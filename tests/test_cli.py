@@ -83,6 +83,17 @@ def test_unreadable_videos_are_skipped_and_counted(demo, tmp_path, capsys, caplo
     assert "empty.mp4" in warnings and "missing.mp4" in warnings
 
 
+def test_method_flag_replaces_the_recipe_method_and_its_options(demo, tmp_path, capsys):
+    out = tmp_path / "frozen"
+    assert main(["adapt", "--demo", "--demo-dir", str(demo), "--method", "frozen", "--output", str(out),
+                 *FAST[:-2]]) == 0
+    assert "ignoring recipe 'demo' option(s) bottleneck, placement" in capsys.readouterr().err
+    assert json.loads((out / "adaptvid.json").read_text())["methods"] == [{"name": "frozen", "config": {}}]
+    # An option the user typed for a method that lacks it is still an error, not silently dropped.
+    assert main(["adapt", "--demo", "--demo-dir", str(demo), "--method", "frozen", "--output", str(tmp_path / "x"),
+                 *FAST]) == 2
+
+
 def test_malformed_list_line_names_file_and_line(demo, tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_text("a.mp4 0\nb.mp4 zero\n")
