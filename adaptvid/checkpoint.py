@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adaptvid.json"
 FORMAT = "adaptvid-adapter"
 FORMAT_VERSION = 1
+logger = logging.getLogger("adaptvid")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -57,6 +59,11 @@ def save_adapter(model, directory, class_names=None, extra: Optional[dict] = Non
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model_config(model, class_names)
+    frozen_tower = any(not p.requires_grad for p in model.backbone.tower.parameters())
+    if config["weights"] == "random" and frozen_tower:
+        logger.warning("%s: the backbone %r was randomly initialised and is not saved; load_model will rebuild "
+                       "it with other random weights, so this checkpoint cannot be reproduced", directory,
+                       model.backbone.name)
     if extra:
         config["extra"] = extra
     tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")

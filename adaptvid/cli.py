@@ -57,8 +57,9 @@ def _add_adapt(sub) -> None:
     p.add_argument("--backbone", help="backbone name (adaptvid list), default clip")
     p.add_argument("--method", help="method name(s), comma-separated, e.g. st-adapter")
     p.add_argument("--weights", help="backbone weights: a local file/folder, or 'random' (default: the hub's)")
-    p.add_argument("--train", dest="train_list", help="training list file: 'relative/path label' per line")
-    p.add_argument("--val", dest="val_list", help="validation list file")
+    p.add_argument("--train", dest="train_list",
+                   help="training list file ('relative/path label' per line) or a folder of <class>/<video> folders")
+    p.add_argument("--val", dest="val_list", help="validation list file or class-folder tree")
     p.add_argument("--data-root", help="folder the list paths are relative to (default: the list's folder)")
     p.add_argument("--classes", help="class-names file, one per line in label order")
     p.add_argument("--frames", type=int, help="frames per clip (default 8)")
@@ -94,7 +95,7 @@ def _add_adapt(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a list file")
     p.add_argument("--checkpoint", required=True, help="folder written by adaptvid adapt / save_adapter")
-    p.add_argument("--data", required=True, help="list file: 'relative/path label' per line")
+    p.add_argument("--data", required=True, help="list file ('relative/path label' per line) or class-folder tree")
     p.add_argument("--data-root", help="folder the list paths are relative to")
     p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS, e.g. 4x3 (default 1x1)")
     p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
@@ -189,27 +190,42 @@ def ensure_demo_data(directory: Path) -> dict:
     return {k: str(v) for k, v in names.items()}
 
 
-def _datasets(model, data: dict, train_cfg, train_path: Optional[str], val_path: Optional[str]):
-    from .data import VideoDataset, VideoTransform, read_list_file
+def load_samples(path: str, data_root: Optional[str] = None, class_names: Optional[list[str]] = None):
+    """Samples from a list file, or from a ``<class>/<video>`` folder tree (its sub-folders are the classes).
+
+    Returns (samples, class_names or None). A folder's classes must match ``class_names`` when given.
+    """
+    from .data import folder_dataset, read_list_file
+
+    if Path(path).is_dir():
+        samples, found = folder_dataset(path)
+        if class_names is not None and found != list(class_names):
+            raise ValueError(f"{path}: its class folders {found[:5]}... differ from the classes {list(class_names)[:5]}...; "
+                             "a folder dataset's sub-folders must be the same classes in the same order")
+        return samples, found
+    return read_list_file(path, data_root), None
+
+
+def _datasets(model, data: dict, train_cfg, train_samples, val_samples):
+    from .data import VideoDataset, VideoTransform
 
     pp = model.backbone.preprocess
     common = dict(num_frames=model.num_frames, sampling=data.get("sampling", "segment"),
                   stride=int(data.get("stride", 4)), backend=data.get("backend"), seed=train_cfg.seed)
     train_set = val_set = None
-    if train_path:
+    if train_samples:
         transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=True, hflip=bool(data.get("hflip", False)),
                                    scale=tuple(data.get("scale", (0.25, 1.0))))
-        train_set = VideoDataset(read_list_file(train_path, data.get("root")), transform=transform, train=True, **common)
-    if val_path:
+        train_set = VideoDataset(train_samples, transform=transform, train=True, **common)
+    if val_samples:
         transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=False,
                                    short_side=data.get("short_side") or pp.image_size)
-        val_set = VideoDataset(read_list_file(val_path, data.get("root")), transform=transform, train=False,
-                               views=train_cfg.views, **common)
+        val_set = VideoDataset(val_samples, transform=transform, train=False, views=train_cfg.views, **common)
     return train_set, val_set
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from .data import read_class_names, read_list_file
+    from .data import read_class_names
     from .model import build_model
     from .train import TrainConfig, fit
 
@@ -229,16 +245,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                          f"valid: {sorted(TrainConfig.field_names())}")
     cfg = TrainConfig(**train_values)
     class_names = read_class_names(data["classes"]) if data.get("classes") else None
-    if class_names is None:
-        labels = [s.label for s in read_list_file(data["train"], data.get("root"))]
-        num_classes = max(labels) + 1
-    else:
-        num_classes = len(class_names)
+    train_samples, folder_classes = load_samples(data["train"], data.get("root"), class_names)
+    class_names = class_names or folder_classes
+    val_samples = load_samples(data["val"], data.get("root"), class_names)[0] if data.get("val") else None
+    num_classes = len(class_names) if class_names else max(s.label for s in train_samples) + 1
     model_cfg = settings.get("model", {})
     model = build_model(settings["backbone"], settings["method"], num_classes, weights=settings.get("weights"),
                         num_frames=int(model_cfg.get("frames", 8)), head_dropout=float(model_cfg.get("head_dropout", 0.0)),
                         **settings.get("options", {}))
-    train_set, val_set = _datasets(model, data, cfg, data["train"], data.get("val"))
+    train_set, val_set = _datasets(model, data, cfg, train_samples, val_samples)
     if class_names is not None:
         too_big = [s for s in train_set.samples if s.label >= num_classes]
         if too_big:
@@ -280,12 +295,12 @@ def _recorded_data(model) -> dict:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .data import parse_views, read_list_file
+    from .data import parse_views
     from .train import evaluate
 
     parse_views(args.views)
     model = load_model(args.checkpoint, weights=args.weights)
-    samples = read_list_file(args.data, args.data_root)
+    samples, _ = load_samples(args.data, args.data_root, model.class_names if Path(args.data).is_dir() else None)
     loader = _eval_loader(model, _recorded_data(model), samples, args.views, args.batch_size, args.num_workers)
     result = evaluate(model, loader)
     result["views"] = args.views

@@ -1,6 +1,7 @@
 """VideoModel: a backbone with methods injected, a temporal readout and a classifier."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -153,13 +154,20 @@ def assemble_model(
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
     bb.requires_grad_(False)
     model = VideoModel(bb, num_classes, num_frames=num_frames, head_dropout=head_dropout)
-    model.weights = None if isinstance(backbone, Backbone) or weights is None else str(weights)
+    model.weights = None if isinstance(backbone, Backbone) else _weights_record(weights)
     for spec, config in configs:
         spec.apply(model, config)
         model.methods.append((spec.name, config))
     if pool is not None or project is not None:  # explicit choices override the methods' readout
         model.set_readout(pool or model.pool, model.project if project is None else project)
     return model
+
+
+def _weights_record(weights) -> Optional[str]:
+    """What a checkpoint records: None, 'random', or the local path made absolute (it may be reloaded elsewhere)."""
+    if weights is None or str(weights) == "random":
+        return None if weights is None else "random"
+    return str(Path(weights).expanduser().resolve())
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

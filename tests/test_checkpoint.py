@@ -303,3 +303,14 @@ def test_unreadable_safetensors_names_the_file(checkpoints, tmp_path):
     (target / WEIGHTS_FILE).write_bytes((directory / WEIGHTS_FILE).read_bytes()[:5])
     with pytest.raises(ValueError, match=re.escape(str(target / WEIGHTS_FILE))):
         load_model(target)
+
+
+def test_saving_over_random_weights_warns_unless_the_tower_is_saved(tmp_path, caplog):
+    seeded = build_model("tiny-vit", "st-adapter", num_classes=2, bottleneck=8)  # weights=None: fixed seed
+    seeded.save_adapter(tmp_path / "seeded")
+    full = build_model("tiny-vit", "full", num_classes=2, weights="random")  # the whole tower is in the file
+    full.save_adapter(tmp_path / "full")
+    assert "randomly initialised" not in caplog.text
+    model = build_model("tiny-vit", "st-adapter", num_classes=2, weights="random", bottleneck=8)
+    model.save_adapter(tmp_path / "random")
+    assert "randomly initialised and is not saved" in caplog.text

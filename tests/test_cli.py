@@ -121,12 +121,30 @@ def test_recipes_list_and_show(capsys):
 
 
 def test_two_process_training_under_accelerate_launch(demo, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo, data)
+    with (data / "train.txt").open("a") as handle:  # batches of one: some whole batches are unreadable
+        handle.write("missing-1.mp4 0\nmissing-2.mp4 1\n")
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "adaptvid.cli",
-           "adapt", "--demo", "--demo-dir", str(demo), "--output", str(out), *FAST]
+           "adapt", "--backbone", "tiny-clip", "--method", "st-adapter", "--train", str(data / "train.txt"),
+           "--val", str(data / "val.txt"), "--classes", str(data / "classes.txt"), "--output", str(out),
+           *FAST, "--batch-size", "1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipped 2 unreadable training videos" in done.stdout + done.stderr
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert evals[-1]["num_videos"] == 12  # gathered from both processes, no duplicates
+
+
+def test_folder_per_class_tree_trains_and_evaluates(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["adapt", "--backbone", "tiny-clip", "--method", "frozen", "--train", str(demo / "train"),
+                 "--val", str(demo / "val"), "--output", str(out), *FAST[:-2]]) == 0
+    config = json.loads((out / "adaptvid.json").read_text())
+    assert config["class_names"] == sorted(p.name for p in (demo / "train").iterdir())
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(demo / "val"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_videos"] == 12

@@ -107,22 +107,28 @@ def fit(
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         bar = _progress(cfg, accelerator, len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
-        tick, clips = time.perf_counter(), 0
+        tick, clips, last_good = time.perf_counter(), 0, None
         for batch in train_loader:
             bar.update(1)
             train_skipped += batch["skipped"]
-            if batch["video"] is None:
-                continue
+            weight = 1.0
+            if batch["video"] is None:  # every clip of this batch was unreadable
+                if accelerator.num_processes == 1 or last_good is None:
+                    continue
+                # The other processes take a step and wait for this one's gradients:
+                # re-run the last good batch with zero weight instead of leaving them hanging.
+                batch, weight = last_good, 0.0
+            last_good = batch
             with accelerator.accumulate(model):
                 logits = model(batch["video"])
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.label_smoothing)
-                accelerator.backward(loss)
+                accelerator.backward(loss * weight)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_grad)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            clips += len(batch["label"]) * accelerator.num_processes
+            clips += int(weight * len(batch["label"])) * accelerator.num_processes
             if accelerator.sync_gradients:
                 step += 1
                 rate = clips / max(1e-9, time.perf_counter() - tick)
