@@ -28,8 +28,15 @@ FORMAT_VERSION = 1
 logger = logging.getLogger("adaptvid")
 
 
+def saved_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """What a checkpoint holds: the trainable parameters, plus the whole tower once methods were merged into it."""
+    merged = bool(getattr(model, "merged_methods", None))
+    return {name: p for name, p in model.named_parameters()
+            if p.requires_grad or (merged and name.startswith("backbone.tower."))}
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu().contiguous().clone() for name, p in saved_parameters(model).items()}
 
 
 def model_config(model, class_names: Optional[list[str]] = None) -> dict:
@@ -46,6 +53,7 @@ def model_config(model, class_names: Optional[list[str]] = None) -> dict:
         "project": model.project,
         "head_dropout": model.dropout.p,
         "methods": [{"name": name, "config": dataclasses.asdict(cfg)} for name, cfg in model.methods],
+        "merged": list(getattr(model, "merged_methods", [])),
         "preprocess": dataclasses.asdict(model.backbone.preprocess),
     }
 
@@ -112,6 +120,11 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
         weights=weights if weights is not None else config.get("weights"),
         num_frames=config["num_frames"], pool=config["pool"], project=config.get("project", True), head_dropout=config.get("head_dropout", 0.0),
     )
+    if config.get("merged"):  # rebuild the merged structure; the saved tower then brings the merged weights
+        for name, method_config in model.methods:
+            if name in config["merged"]:
+                get_method(name).merge(model, method_config)
+        model.merged_methods = list(config["merged"])
     load_trainable(model, directory, map_location)
     model.class_names = config.get("class_names")
     model.checkpoint_config = config
@@ -127,7 +140,7 @@ def load_trainable(model, directory, map_location: str = "cpu") -> None:
         raise
     except Exception as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
-    expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    expected = saved_parameters(model)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     wrong_shape = [f"{n} {tuple(tensors[n].shape)} != {tuple(p.shape)}"

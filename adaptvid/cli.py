@@ -86,10 +86,19 @@ def _add_adapt(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the training in --output from its last epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_method_options(p)
+
+
+def _add_method_options(p) -> None:
+    """One --flag per method config field (dest opt_<field>); shared by adapt and profile."""
     options = p.add_argument_group("method options (go to every chosen method with that field)")
     for name, f in sorted(_method_option_fields().items()):
         options.add_argument("--" + name.replace("_", "-"), dest=f"opt_{name}", type=_value_type(f),
                              help=f.metadata.get("help", ""))
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    return {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_") and value is not None}
 
 
 def _add_eval(sub) -> None:
@@ -113,6 +122,22 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="parameters, FLOPs and activation memory of a method on a backbone",
+                       description="Count parameters, forward FLOPs per view (and over the views) against the bare "
+                                   "tower, and the activations one training step saves against full fine-tuning.")
+    p.add_argument("--backbone", default="clip", help="backbone name (adaptvid list), default clip")
+    p.add_argument("--method", required=True, help="method name(s), comma-separated, e.g. st-adapter")
+    p.add_argument("--weights", help="backbone weights: a local file/folder, or 'random' to profile without "
+                                     "downloading anything (default: the hub's)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS; total FLOPs = per view x clips x crops")
+    p.add_argument("--batch", type=int, default=1, help="clips in the training step whose activations are measured")
+    p.add_argument("--num-classes", type=int, default=400, help="classes of the linear head (default 400)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_method_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -123,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_profile(sub)
     p = sub.add_parser("demo-data", help="generate the demo videos, lists and class names")
     p.add_argument("dir", nargs="?", default=DEFAULT_DEMO_DIR)
     p.add_argument("--seed", type=int, default=0)
@@ -345,6 +371,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed == len(samples) else 0
 
 
+# -- profile ---------------------------------------------------------------------------
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .data import parse_views
+    from .model import build_model
+    from .profile import format_profile, profile_model
+
+    views = parse_views(args.views)
+    model = build_model(args.backbone, args.method, args.num_classes, weights=args.weights,
+                        num_frames=args.frames, **_method_options(args))
+    result = profile_model(model, num_frames=args.frames, views=views, batch=args.batch)
+    print(json.dumps(result) if args.json else format_profile(result))
+    return 0
+
+
 # -- small commands ---------------------------------------------------------------------
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -379,7 +420,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes}
+COMMANDS = {"adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes,
+            "profile": cmd_profile}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

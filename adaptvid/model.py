@@ -41,6 +41,7 @@ class VideoModel(nn.Module):
         self.num_frames = num_frames
         self.dropout = nn.Dropout(head_dropout)
         self._num_classes = num_classes
+        self.decoder: Optional[nn.Module] = None
         self.set_readout(pool, project)
         self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
         backbone.views  # build the per-block slots now, so methods can fill them
@@ -51,6 +52,8 @@ class VideoModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        if self.decoder is not None:
+            return self.decoder.out_dim
         return self.backbone.embed_dim if self.project else self.backbone.width
 
     def set_readout(self, pool: str, project: bool) -> None:
@@ -58,6 +61,21 @@ class VideoModel(nn.Module):
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.pool, self.project = pool, project
+        self._build_head()
+
+    def set_decoder(self, decoder: nn.Module) -> None:
+        """Replace the readout by a video-level decoder over backbone layer outputs (EVL, side networks).
+
+        ``decoder.layers``: the backbone layers (negative indices allowed) whose outputs it reads;
+        ``decoder.out_dim``: its output width; it is called as
+        ``decoder(layer_tokens, ctx, backbone) -> (B, out_dim)`` with one ``(B*T, L, D)`` tensor per layer.
+        """
+        if self.decoder is not None:
+            raise ValueError("the model already has a decoder; two decoders cannot share one readout")
+        self.decoder = decoder
+        self._build_head()
+
+    def _build_head(self) -> None:
         self.head = None
         if self._num_classes:
             self.head = nn.Linear(self.embed_dim, self._num_classes)
@@ -79,6 +97,19 @@ class VideoModel(nn.Module):
             tokens, _ = self.backbone.forward_tokens(frames, ctx)
         return tokens
 
+    def _decode(self, video: torch.Tensor) -> torch.Tensor:
+        self._check(video)
+        b, c, t, h, w = video.shape
+        frames = video.transpose(1, 2).reshape(b * t, c, h, w)
+        ctx = self.backbone.context(t)
+        depth = self.backbone.depth
+        layers = [i % depth for i in self.decoder.layers]
+        grad = torch.is_grad_enabled() and self._backbone_needs_grad()
+        with torch.set_grad_enabled(grad):
+            _, taken = self.backbone.forward_tokens(frames, ctx, return_layers=layers)
+        by_layer = dict(zip(sorted(set(layers)), taken))
+        return self.decoder([by_layer[i] for i in layers], ctx, self.backbone)
+
     def _backbone_needs_grad(self) -> bool:
         # Frozen towers with nothing trainable inside run without autograd (cheaper, no saved activations).
         return any(p.requires_grad for p in self.backbone.parameters())
@@ -91,6 +122,8 @@ class VideoModel(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding, (B, embed_dim)."""
+        if self.decoder is not None:
+            return self._decode(video)
         if self.pool == "embed-mean":
             return self.encode_frames(video).mean(dim=1)
         b, t = video.shape[0], video.shape[2]

@@ -80,3 +80,47 @@ def test_list_backbones_names_every_family():
     names = list_backbones()
     for key in ("clip", "clip-b32", "clip-l14", "tiny-clip", "tiny-hf-clip", "tiny-vit", "open_clip:...", "hf:...", "timm:..."):
         assert key in names and names[key]
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_qkv_handles_recompute_the_library_attention(name):
+    from adaptvid.backbones import attention
+
+    backbone = create_backbone(name).eval()
+    x = torch.randn(3, 17, 64)
+    with torch.no_grad():
+        for view in backbone.views:
+            xn = view.norm1(x)
+            q, k, v = view.qkv(xn)
+            assert q.shape == (3, view.num_heads, 17, 64 // view.num_heads)
+            torch.testing.assert_close(view.attn_out(attention(q, k, v)), view.attn(xn), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_every_hook_point_runs_in_block_order(name):
+    from adaptvid.backbones import FrameContext
+    from adaptvid.backbones.base import run_block
+
+    backbone = create_backbone(name).eval()
+    view, slot = backbone.views[0], backbone.slots[0]
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, point, out=None):
+            super().__init__()
+            self.point, self.out = point, out
+
+        def forward(self, x, ctx):
+            calls.append(self.point)
+            return x if self.out is None else self.out(x)
+
+    for point in ("after_block", "mlp_parallel", "before_mlp", "attn_branch", "before_attn"):
+        slot.add(point, "probe", Probe(point, torch.zeros_like if point == "mlp_parallel" else None))
+    slot.add("attention", "probe", Probe("attention", view.attn))
+    with pytest.raises(ValueError, match="already does"):
+        slot.add("attention", "other", Probe("attention"))
+    x = torch.randn(2, 17, 64)
+    ctx = FrameContext(num_frames=1, grid=(4, 4), num_prefix_tokens=1)
+    with torch.no_grad():
+        torch.testing.assert_close(run_block(view, slot, x, ctx), view.forward(x), rtol=1e-5, atol=1e-5)
+    assert calls == ["before_attn", "attention", "attn_branch", "before_mlp", "mlp_parallel", "after_block"]

@@ -147,3 +147,28 @@ def test_multi_view_scores_are_the_mean_of_softmaxes():
         scores = model.forward_views(views)
         by_hand = torch.stack([model(views[:, v]).softmax(-1) for v in range(3)], 1).mean(1)
     torch.testing.assert_close(scores, by_hand)
+
+
+def test_a_decoder_reads_chosen_layers_and_the_backbone_runs_without_autograd():
+    class LastTwoCls(torch.nn.Module):
+        layers = (0, -1)
+        out_dim = 128
+
+        def forward(self, layer_tokens, ctx, backbone):
+            assert len(layer_tokens) == 2 and layer_tokens[0].shape[1:] == (17, 64)
+            assert not layer_tokens[0].requires_grad  # frozen tower, nothing inside it trains
+            cls = torch.cat([t[:, 0] for t in layer_tokens], dim=-1)           # (B*T, 128)
+            return ctx.unfold(cls).mean(dim=1) * self.scale
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+    model = _build("tiny-vit", "frozen")
+    model.set_decoder(LastTwoCls())
+    assert model.head.in_features == 128
+    logits = model(tiny_video())
+    logits.sum().backward()
+    assert model.decoder.scale.grad is not None
+    with pytest.raises(ValueError, match="already has a decoder"):
+        model.set_decoder(LastTwoCls())

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,7 +36,14 @@ class Preprocess:
 
 @dataclass
 class BlockView:
-    """Handles into one library block; every callable is batch-first (N, L, D)."""
+    """Handles into one library block; every callable is batch-first (N, L, D).
+
+    ``qkv(xn)`` gives the attention's queries, keys and values on normalised
+    tokens, each ``(N, heads, L, head_dim)`` (after any q/k norm), and
+    ``attn_out(o)`` maps an attention result of that shape back to ``(N, L, D)``
+    through the output projection — so a method can change which keys and
+    values a query sees (``attention(q, k, v)``) while reusing the frozen weights.
+    """
 
     block: nn.Module                      # the library's block, for its fused forward
     norm1: nn.Module
@@ -46,6 +54,26 @@ class BlockView:
     mlp: nn.Module
     residual2: Callable[[torch.Tensor], torch.Tensor]
     forward: Callable[[torch.Tensor], torch.Tensor] = None  # the library's own block call
+    qkv: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
+    attn_out: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    num_heads: int = 0
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Scaled dot-product attention over (N, heads, L, head_dim) tensors (fused kernels where available)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(N, L, D) -> (N, heads, L, D / heads)."""
+    n, length, width = x.shape
+    return x.reshape(n, length, num_heads, width // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(N, heads, L, head_dim) -> (N, L, heads * head_dim)."""
+    n, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(n, length, heads * dim)
 
 
 @dataclass
@@ -61,14 +89,18 @@ class FrameContext:
         return x.reshape(-1, self.num_frames, *x.shape[1:])
 
 
-HOOK_POINTS = ("before_attn", "before_mlp", "after_block")
+# Where method modules sit in a block, in the order the block runs them:
+#   before_attn   m(x, ctx) -> x          on the residual stream, before norm1
+#   attention     m(xn, ctx) -> h         replaces the self-attention on norm1(x) (one module at most)
+#   attn_branch   m(h, ctx) -> h          transforms the attention branch before its residual add
+#   before_mlp    m(x, ctx) -> x          on the residual stream, before norm2
+#   mlp_parallel  m(xn, ctx) -> delta     beside the MLP on norm2(x); added to the MLP's output
+#   after_block   m(x, ctx) -> x          on the residual stream, after the block
+HOOK_POINTS = ("before_attn", "attention", "attn_branch", "before_mlp", "mlp_parallel", "after_block")
 
 
 class Slot(nn.Module):
-    """Per-block container for method modules, one ModuleDict per hook point.
-
-    A hook module is called as ``module(x, ctx) -> x`` on the residual stream.
-    """
+    """Per-block container for method modules, one ModuleDict per hook point (see HOOK_POINTS)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,6 +116,8 @@ class Slot(nn.Module):
         container = getattr(self, point)
         if name in container:
             raise ValueError(f"a module named {name!r} already sits at {point}")
+        if point == "attention" and len(container):
+            raise ValueError(f"{name!r} cannot replace the attention: {next(iter(container))!r} already does")
         container[name] = module
 
 
@@ -97,10 +131,21 @@ def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext) -
         return view.forward(x)
     for module in slot.before_attn.values():
         x = module(x, ctx)
-    x = x + view.residual1(view.attn(view.norm1(x)))
+    xn = view.norm1(x)
+    if len(slot.attention):
+        h = next(iter(slot.attention.values()))(xn, ctx)
+    else:
+        h = view.attn(xn)
+    for module in slot.attn_branch.values():
+        h = module(h, ctx)
+    x = x + view.residual1(h)
     for module in slot.before_mlp.values():
         x = module(x, ctx)
-    x = x + view.residual2(view.mlp(view.norm2(x)))
+    xn = view.norm2(x)
+    h = view.mlp(xn)
+    for module in slot.mlp_parallel.values():
+        h = h + module(xn, ctx)
+    x = x + view.residual2(h)
     for module in slot.after_block.values():
         x = module(x, ctx)
     return x

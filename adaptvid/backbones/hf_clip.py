@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, BlockView, Preprocess, identity
+from .base import Backbone, BlockView, Preprocess, identity, merge_heads, split_heads
 from .openclip import TextTower
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -62,7 +62,15 @@ class HFClipBackbone(Backbone):
                 return layer.self_attn(hidden_states=x, attention_mask=None)[0]
 
             def forward(x, layer=layer):
-                return layer(x, attention_mask=None)
+                out = layer(x, attention_mask=None)
+                return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
+
+            def qkv(x, a=layer.self_attn):
+                h = a.num_heads
+                return split_heads(a.q_proj(x), h), split_heads(a.k_proj(x), h), split_heads(a.v_proj(x), h)
+
+            def attn_out(o, a=layer.self_attn):
+                return a.out_proj(merge_heads(o))
 
             views.append(BlockView(
                 block=layer,
@@ -74,5 +82,8 @@ class HFClipBackbone(Backbone):
                 mlp=layer.mlp,
                 residual2=identity,
                 forward=forward,
+                qkv=qkv,
+                attn_out=attn_out,
+                num_heads=layer.self_attn.num_heads,
             ))
         return views

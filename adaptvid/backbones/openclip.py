@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, BlockView, Preprocess
+import torch.nn.functional as F
+
+from .base import Backbone, BlockView, Preprocess, merge_heads, split_heads
 
 
 class TextTower:
@@ -61,11 +63,19 @@ class OpenClipBackbone(Backbone):
 
     @staticmethod
     def _view(block: nn.Module) -> BlockView:
+        qkv = attn_out = None
         if isinstance(block.attn, nn.MultiheadAttention):
             def attn(x, block=block):
                 return block.attention(q_x=x)
+
+            def qkv(x, m=block.attn):
+                q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
+                return split_heads(q, m.num_heads), split_heads(k, m.num_heads), split_heads(v, m.num_heads)
+
+            def attn_out(o, m=block.attn):
+                return m.out_proj(merge_heads(o))
         else:  # CustomResidualAttentionBlock: open_clip's own Attention + optional ln_attn
-            def attn(x, block=block):
+            def attn(x, block=block):  # (cosine attention / head scales: no qkv handles offered)
                 return block.ln_attn(block.attn(x))
         return BlockView(
             block=block,
@@ -77,4 +87,7 @@ class OpenClipBackbone(Backbone):
             mlp=block.mlp,
             residual2=block.ls_2,
             forward=block,
+            qkv=qkv,
+            attn_out=attn_out,
+            num_heads=block.attn.num_heads,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, BlockView, Preprocess
+from .base import Backbone, BlockView, Preprocess, identity, merge_heads
 
 
 class TimmBackbone(Backbone):
@@ -58,6 +58,7 @@ class TimmBackbone(Backbone):
                 norm1=block.norm1,
                 attn=block.attn,
                 attn_module=block.attn,
+                **self._qkv_handles(block.attn),
                 residual1=nn.Sequential(block.ls1, block.drop_path1),
                 norm2=block.norm2,
                 mlp=block.mlp,
@@ -65,3 +66,18 @@ class TimmBackbone(Backbone):
                 forward=block,
             ))
         return views
+
+    @staticmethod
+    def _qkv_handles(attn: nn.Module) -> dict:
+        if not hasattr(attn, "qkv") or getattr(attn, "gate", None) is not None:
+            return {"num_heads": getattr(attn, "num_heads", 0)}  # unusual attention: no qkv handles offered
+
+        def qkv(x, a=attn):
+            n, length, _ = x.shape
+            q, k, v = a.qkv(x).reshape(n, length, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            return a.q_norm(q), a.k_norm(k), v
+
+        def attn_out(o, a=attn):
+            return a.proj_drop(a.proj(getattr(a, "norm", identity)(merge_heads(o))))
+
+        return {"qkv": qkv, "attn_out": attn_out, "num_heads": attn.num_heads}

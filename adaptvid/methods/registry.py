@@ -30,7 +30,8 @@ class MethodSpec:
     paper: str
     help: str
     aliases: tuple[str, ...] = ()
-    claims: tuple[str, ...] = ()   # exclusive resources (e.g. "aggregator"); two methods may not share one
+    claims: tuple[str, ...] = ()   # exclusive resources (e.g. "readout"); two methods may not share one
+    merge: Optional[Callable[[Any, Any], None]] = None  # folds the method into the frozen weights, in place
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -46,8 +47,13 @@ def register_method(
     help: str = "",
     aliases: tuple[str, ...] = (),
     claims: tuple[str, ...] = (),
+    merge: Optional[Callable[[Any, Any], None]] = None,
 ):
-    """Decorator registering ``apply(model, config)`` under ``name`` (and ``aliases``)."""
+    """Decorator registering ``apply(model, config)`` under ``name`` (and ``aliases``).
+
+    ``merge(model, config)``, for methods that can be folded into the frozen
+    weights, does that in place and removes the method's modules.
+    """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"method {name!r}: config_cls must be a dataclass")
 
@@ -55,7 +61,8 @@ def register_method(
         for key in (name, *aliases):
             if key in _METHODS or key in _ALIASES:
                 raise ValueError(f"method name {key!r} is already registered")
-        spec = MethodSpec(name, config_cls, apply, family, paper, help or (apply.__doc__ or "").strip().split("\n")[0], aliases, claims)
+        spec = MethodSpec(name, config_cls, apply, family, paper, help or (apply.__doc__ or "").strip().split("\n")[0],
+                          aliases, claims, merge)
         _METHODS[name] = spec
         for alias in aliases:
             _ALIASES[alias] = name

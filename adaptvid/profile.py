@@ -1,0 +1,215 @@
+"""What a method costs: parameters, FLOPs per view, and activation memory of one training step.
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs
+per multiply-add). Attention must be forced onto kernels the counter sees:
+fused SDPA kernels and the ``nn.MultiheadAttention`` fast path count as zero,
+so counting runs with SDPA on its math backend and the fast path disabled.
+
+Baselines are measured on the same model object, not rebuilt, so nothing but
+the method differs: the bare tower is the model with its slots emptied, and
+full fine-tuning is the model with every tower weight set trainable.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from .backbones.base import HOOK_POINTS
+from .model import VideoModel, count_parameters
+
+COUNTER = "torch FlopCounterMode, 2 FLOPs per MAC, attention counted"
+
+
+@contextlib.contextmanager
+def bare_backbone(model: VideoModel):
+    """Temporarily take every method module out of the backbone's slots (and after_embed).
+
+    An emptied slot makes ``run_block`` call the library's own block, so this is
+    exactly the unmodified tower; the pooled readout and head stay as the method
+    set them, so a method that only changes the readout costs exactly the bare tower.
+    A video decoder (``model.decoder``, EVL-style) is a method module too: it is
+    taken out with the head sized for it, leaving the pooled readout.
+    """
+    backbone = model.backbone
+    stash = [{p: getattr(slot, p) for p in HOOK_POINTS} for slot in backbone.slots]
+    after_embed = backbone.after_embed
+    decoder, head = getattr(model, "decoder", None), model.head
+    try:
+        for slot in backbone.slots:
+            for point in HOOK_POINTS:
+                setattr(slot, point, nn.ModuleDict())
+        backbone.after_embed = nn.ModuleDict()
+        if decoder is not None:
+            model.decoder, model.head = None, None
+        yield model
+    finally:
+        for slot, saved in zip(backbone.slots, stash):
+            for point, modules in saved.items():
+                setattr(slot, point, modules)
+        backbone.after_embed = after_embed
+        if decoder is not None:
+            model.decoder, model.head = decoder, head
+
+
+@contextlib.contextmanager
+def full_finetuning(model: VideoModel):
+    """Temporarily make every tower weight trainable, as full fine-tuning would."""
+    params = list(model.backbone.tower.parameters())
+    before = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield model
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _training_mode(model: nn.Module, train: bool):
+    was = model.training
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def countable_attention():
+    """SDPA on its math backend and no MHA fast path: both are otherwise invisible to the counter."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _run(model: VideoModel, video: torch.Tensor) -> torch.Tensor:
+    return model(video) if model.head is not None else model.encode_video(video)
+
+
+def count_flops(model: VideoModel, video: torch.Tensor) -> int:
+    """Forward FLOPs of ``model`` on ``video`` in eval mode, without autograd."""
+    counter = FlopCounterMode(display=False)
+    with _training_mode(model, False), torch.no_grad(), countable_attention(), counter:
+        _run(model, video)
+    return counter.get_total_flops()
+
+
+def saved_activation_bytes(model: VideoModel, video: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward during one training forward + loss.
+
+    Each storage is counted once (many saved tensors are views of one buffer).
+    Model state (parameters, buffers) and the input clip are left out: they
+    exist whether or not anything is trained.
+    """
+    state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    state.add(video.untyped_storage().data_ptr())
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, nn.Parameter):
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key not in state:
+                seen[key] = storage.nbytes()
+        return t
+
+    with _training_mode(model, True), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = _run(model, video)
+        if model.head is not None:
+            labels = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
+            loss = nn.functional.cross_entropy(out, labels)
+        else:
+            loss = out.float().pow(2).mean()
+        # The graph (through ``loss``) keeps every saved storage alive, so data_ptr keys stay unique until here.
+        total = sum(seen.values())
+        del loss, out
+    return total
+
+
+def profile_model(model: VideoModel, num_frames: Optional[int] = None, views: tuple[int, int] = (1, 1),
+                  batch: int = 1) -> dict:
+    """Parameters, FLOPs (per view and over ``views=(clips, crops)``) and activation memory of ``model``.
+
+    FLOPs are for one clip ``(1, 3, T, S, S)``; activation memory for one
+    training step on ``batch`` clips. Ratios compare with the same model's bare
+    tower (FLOPs) and with full fine-tuning of it (activation memory). On the
+    meta device the activation entries are None.
+    """
+    clips, crops = views
+    if clips < 1 or crops < 1:
+        raise ValueError(f"views must be (clips, crops) with both >= 1, got {views!r}")
+    frames = num_frames or model.num_frames
+    size = model.backbone.preprocess.image_size
+    param = next(model.parameters())
+    clip = torch.randn(1, 3, frames, size, size, device=param.device, dtype=param.dtype)
+    trainable, total = count_parameters(model)
+    head_trainable = count_parameters(model.head)[0] if model.head is not None else 0
+
+    flops = count_flops(model, clip)
+    with bare_backbone(model):
+        bare = count_flops(model, clip)
+
+    # A model moved to the meta device (model.to("meta")) is counted without computing anything,
+    # which is how big towers are profiled in a second; meta tensors hold no memory to measure.
+    activation = activation_full = None
+    if clip.device.type != "meta":
+        step_clip = clip.expand(batch, -1, -1, -1, -1).clone()
+        activation = saved_activation_bytes(model, step_clip)
+        with full_finetuning(model):
+            activation_full = saved_activation_bytes(model, step_clip)
+    ratio = activation / activation_full if activation_full else None
+
+    per_view = flops / 1e9
+    return {
+        "backbone": model.backbone.name,
+        "methods": [name for name, _ in model.methods],
+        "frames": frames,
+        "views": f"{clips}x{crops}",
+        "batch": batch,
+        "trainable": trainable,
+        "total": total,
+        "trainable_excl_head": trainable - head_trainable,
+        "gflops_per_view": per_view,
+        "gflops_total": per_view * clips * crops,
+        "gflops_bare_per_view": bare / 1e9,
+        "flops_ratio": flops / bare,
+        "activation_bytes": activation,
+        "activation_bytes_full": activation_full,
+        "activation_ratio": ratio,
+        "counter": COUNTER,
+    }
+
+
+def format_profile(result: dict) -> str:
+    """A readable table of ``profile_model``'s result."""
+    mib = 2 ** 20
+    rows = [
+        ("backbone", result["backbone"]),
+        ("methods", ",".join(result["methods"])),
+        ("frames x views", f"{result['frames']} x {result['views']}"),
+        ("trainable parameters", f"{result['trainable']:,} ({result['trainable_excl_head']:,} excl. head)"),
+        ("total parameters", f"{result['total']:,}"),
+        ("GFLOPs per view", f"{result['gflops_per_view']:.3f}"),
+        ("GFLOPs total", f"{result['gflops_total']:.3f} ({result['views']} views)"),
+        ("GFLOPs bare tower", f"{result['gflops_bare_per_view']:.3f} per view"),
+        ("FLOPs ratio", f"{result['flops_ratio']:.4f} x bare tower"),
+    ]
+    if result["activation_bytes"] is not None:
+        rows += [
+            ("activations saved", f"{result['activation_bytes'] / mib:.1f} MiB for {result['batch']} clip(s)"),
+            ("  full fine-tuning", f"{result['activation_bytes_full'] / mib:.1f} MiB"),
+            ("activation ratio", f"{result['activation_ratio']:.4f} x full fine-tuning"),
+        ]
+    rows.append(("counter", result["counter"]))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
