@@ -168,13 +168,24 @@ class Backbone(nn.Module):
         self.name = name
         self.tower = tower       # the library's image tower: frozen weights stay here
         self.slots = nn.ModuleList()
-        self.after_embed = nn.ModuleDict()  # modules called as m(tokens, ctx) right after embed()
+        # Modules called as m(tokens, ctx) on the embedded tokens, before / after the pre-norm
+        # (e.g. a temporal position embedding goes before it, as in AIM and ZeroI2V).
+        self.before_pre_norm = nn.ModuleDict()
+        self.after_embed = nn.ModuleDict()
         self._views: Optional[list[BlockView]] = None
         self.text = None         # text tower handle (not a submodule) for text-side methods
 
     # -- implemented by each library wrapper ---------------------------------
-    def embed(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Patch embedding + prefix tokens + position embedding (+ patch dropout), before the pre-norm."""
         raise NotImplementedError
+
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokens the first block sees, (N, L, D)."""
+        return self.pre_norm(self.embed_tokens(images))
 
     def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:  # pragma: no cover - abstract
         """Final norm (and, with ``project``, the projection into the joint image-text space)."""
@@ -215,7 +226,10 @@ class Backbone(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the tower on (N, C, H, W) frames; return final tokens and requested layers' outputs."""
         views = self.views
-        x = self.embed(images)
+        x = self.embed_tokens(images)
+        for module in self.before_pre_norm.values():
+            x = module(x, ctx)
+        x = self.pre_norm(x)
         for module in self.after_embed.values():
             x = module(x, ctx)
         taken = []

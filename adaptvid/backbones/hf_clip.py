@@ -39,9 +39,11 @@ class HFClipBackbone(Backbone):
         if hasattr(clip_model, "text_model"):
             self.text = TextTower(clip_model, tokenizer)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        vm = self.tower.vision_model
-        return vm.pre_layrnorm(vm.embeddings(images))
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tower.vision_model.embeddings(images)
+
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tower.vision_model.pre_layrnorm(tokens)
 
     def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:
         cls = self.tower.vision_model.post_layernorm(cls)

@@ -44,8 +44,15 @@ class OpenClipBackbone(Backbone):
         )
         self.text = TextTower(clip_model, tokenizer)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.tower._embeds(images)
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.tower
+        x = v.conv1(images).flatten(2).transpose(1, 2)                 # (N, grid*grid, width)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.patch_dropout(x)
+
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tower.ln_pre(tokens)
 
     def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:
         cls = self.tower.ln_post(cls)

@@ -34,12 +34,12 @@ class TimmBackbone(Backbone):
             interpolation=cfg.get("interpolation", "bicubic"),
         )
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
         m = self.tower
-        x = m.patch_embed(images)
-        x = m._pos_embed(x)
-        x = m.patch_drop(x)
-        return m.norm_pre(x)
+        return m.patch_drop(m._pos_embed(m.patch_embed(images)))
+
+    def pre_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tower.norm_pre(tokens)
 
     def head(self, cls: torch.Tensor, project: bool = True) -> torch.Tensor:  # timm towers have no projection
         # timm applies `norm` to all tokens then `fc_norm` to the pooled one; both are per-token.
