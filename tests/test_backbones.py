@@ -114,7 +114,7 @@ def test_every_hook_point_runs_in_block_order(name):
             calls.append(self.point)
             return x if self.out is None else self.out(x)
 
-    for point in ("after_block", "mlp_parallel", "before_mlp", "attn_branch", "before_attn"):
+    for point in ("after_block", "mlp_out", "mlp_parallel", "mlp_in", "before_mlp", "attn_branch", "before_attn"):
         slot.add(point, "probe", Probe(point, torch.zeros_like if point == "mlp_parallel" else None))
     slot.add("attention", "probe", Probe("attention", view.attn))
     with pytest.raises(ValueError, match="already does"):
@@ -123,4 +123,7 @@ def test_every_hook_point_runs_in_block_order(name):
     ctx = FrameContext(num_frames=1, grid=(4, 4), num_prefix_tokens=1)
     with torch.no_grad():
         torch.testing.assert_close(run_block(view, slot, x, ctx), view.forward(x), rtol=1e-5, atol=1e-5)
-    assert calls == ["before_attn", "attention", "attn_branch", "before_mlp", "mlp_parallel", "after_block"]
+    assert calls == ["before_attn", "attention", "attn_branch", "before_mlp", "mlp_in", "mlp_parallel", "mlp_out",
+                     "after_block"]
+    backbone.refresh_views()
+    assert backbone.views[0].block is view.block and backbone.slots[0] is slot  # handles re-read, modules kept

@@ -94,9 +94,12 @@ class FrameContext:
 #   attention     m(xn, ctx) -> h         replaces the self-attention on norm1(x) (one module at most)
 #   attn_branch   m(h, ctx) -> h          transforms the attention branch before its residual add
 #   before_mlp    m(x, ctx) -> x          on the residual stream, before norm2
+#   mlp_in        m(xn, ctx) -> xn        transforms norm2(x) before the MLP (serial adapters)
 #   mlp_parallel  m(xn, ctx) -> delta     beside the MLP on norm2(x); added to the MLP's output
+#   mlp_out       m(h, ctx) -> h          transforms the MLP branch before its residual add
 #   after_block   m(x, ctx) -> x          on the residual stream, after the block
-HOOK_POINTS = ("before_attn", "attention", "attn_branch", "before_mlp", "mlp_parallel", "after_block")
+HOOK_POINTS = ("before_attn", "attention", "attn_branch", "before_mlp", "mlp_in", "mlp_parallel", "mlp_out",
+               "after_block")
 
 
 class Slot(nn.Module):
@@ -142,9 +145,14 @@ def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext) -
     for module in slot.before_mlp.values():
         x = module(x, ctx)
     xn = view.norm2(x)
-    h = view.mlp(xn)
+    xm = xn
+    for module in slot.mlp_in.values():
+        xm = module(xm, ctx)
+    h = view.mlp(xm)
     for module in slot.mlp_parallel.values():
         h = h + module(xn, ctx)
+    for module in slot.mlp_out.values():
+        h = module(h, ctx)
     x = x + view.residual2(h)
     for module in slot.after_block.values():
         x = module(x, ctx)
@@ -203,8 +211,13 @@ class Backbone(nn.Module):
     def views(self) -> list[BlockView]:
         if self._views is None:
             self._views = self._make_views()
-            self.slots = nn.ModuleList(Slot() for _ in self._views)
+            if len(self.slots) != len(self._views):  # first build; a refresh keeps the methods' modules
+                self.slots = nn.ModuleList(Slot() for _ in self._views)
         return self._views
+
+    def refresh_views(self) -> None:
+        """Re-read the handles after a method replaced library modules (e.g. LoRA merge); slots are kept."""
+        self._views = None
 
     @property
     def depth(self) -> int:
