@@ -86,6 +86,9 @@ def _add_adapt(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the training in --output from its last epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cache-features", metavar="DIR",
+                   help="frozen-backbone methods only: run the backbone once, store its outputs in DIR, "
+                        "train every epoch from them (the first pass's augmentation is reused)")
     _add_method_options(p)
 
 
@@ -280,8 +283,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                         num_frames=int(model_cfg.get("frames", 8)), head_dropout=float(model_cfg.get("head_dropout", 0.0)),
                         **settings.get("options", {}))
     train_set, val_set = _datasets(model, data, cfg, train_samples, val_samples)
+    if args.cache_features:
+        train_set, val_set = _cached(model, train_set, val_set, args.cache_features, cfg)
     if class_names is not None:
-        too_big = [s for s in train_set.samples if s.label >= num_classes]
+        too_big = [s for s in train_samples if s.label >= num_classes]
         if too_big:
             raise SystemExit(f"{data['train']}: label {too_big[0].label} of {too_big[0].path} is out of range "
                              f"for the {num_classes} classes in {data['classes']}")
@@ -297,6 +302,22 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"validation top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
               f"mean class {result['mean_class']:.2f}%  ({result['num_videos']} videos) -> {output}")
     return 0
+
+
+def _cached(model, train_set, val_set, cache_dir: str, cfg):
+    """Swap the video datasets for cached backbone features (main process extracts, the others wait)."""
+    from accelerate import PartialState
+
+    from .train.feature_cache import cached_dataset
+
+    with PartialState().main_process_first():
+        train_set = cached_dataset(model, train_set, cache_dir, "train", cfg.batch_size, cfg.num_workers)
+        if val_set is not None:
+            val_set = cached_dataset(model, val_set, cache_dir, "val", cfg.batch_size, cfg.num_workers)
+    model.from_features = True
+    print(f"adaptvid: training from cached backbone features in {cache_dir} "
+          f"({len(train_set)} training clips)", file=sys.stderr)
+    return train_set, val_set
 
 
 # -- eval / predict ------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .backbones import Backbone, create_backbone
+from .backbones import Backbone, FrameContext, create_backbone
 from .methods.registry import make_configs, split_method_names
 
 POOLS = ("embed-mean", "token-mean")
@@ -42,6 +42,7 @@ class VideoModel(nn.Module):
         self.dropout = nn.Dropout(head_dropout)
         self._num_classes = num_classes
         self.decoder: Optional[nn.Module] = None
+        self.from_features = False  # forward() takes backbone_features instead of video (feature-cache training)
         self.set_readout(pool, project)
         self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
         backbone.views  # build the per-block slots now, so methods can fill them
@@ -86,33 +87,24 @@ class VideoModel(nn.Module):
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected a video batch (B, 3, T, H, W), got shape {tuple(video.shape)}")
 
-    def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
-        """Final tokens of every frame, (B*T, L, D); frames folded into the batch."""
+    def _frames(self, video: torch.Tensor) -> tuple[torch.Tensor, FrameContext]:
         self._check(video)
         b, c, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, c, h, w)
-        ctx = self.backbone.context(t)
-        grad = torch.is_grad_enabled() and self._backbone_needs_grad()
-        with torch.set_grad_enabled(grad):
-            tokens, _ = self.backbone.forward_tokens(frames, ctx)
-        return tokens
+        return video.transpose(1, 2).reshape(b * t, c, h, w), self.backbone.context(t)
 
-    def _decode(self, video: torch.Tensor) -> torch.Tensor:
-        self._check(video)
-        b, c, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, c, h, w)
-        ctx = self.backbone.context(t)
-        depth = self.backbone.depth
-        layers = [i % depth for i in self.decoder.layers]
+    def _run_backbone(self, video: torch.Tensor, layers=()):
+        frames, ctx = self._frames(video)
         grad = torch.is_grad_enabled() and self._backbone_needs_grad()
         with torch.set_grad_enabled(grad):
-            _, taken = self.backbone.forward_tokens(frames, ctx, return_layers=layers)
-        by_layer = dict(zip(sorted(set(layers)), taken))
-        return self.decoder([by_layer[i] for i in layers], ctx, self.backbone)
+            return self.backbone.forward_tokens(frames, ctx, return_layers=layers)
 
     def _backbone_needs_grad(self) -> bool:
         # Frozen towers with nothing trainable inside run without autograd (cheaper, no saved activations).
         return any(p.requires_grad for p in self.backbone.parameters())
+
+    def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """Final tokens of every frame, (B*T, L, D); frames folded into the batch."""
+        return self._run_backbone(video)[0]
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame image embeddings, (B, T, embed_dim)."""
@@ -120,20 +112,44 @@ class VideoModel(nn.Module):
         cls = self.frame_tokens(video)[:, 0]
         return self.backbone.head(cls, self.project).reshape(b, t, -1)
 
+    # -- what the readout consumes from the backbone, and the readout itself ---------------
+    def backbone_features(self, video: torch.Tensor) -> torch.Tensor:
+        """The backbone outputs the readout needs: CLS tokens (B, T, D), or, with a decoder,
+        the chosen layers' tokens (B, layers, T, L, D). Cacheable when ``cacheable()``."""
+        b, t = video.shape[0], video.shape[2]
+        if self.decoder is None:
+            return self.frame_tokens(video)[:, 0].reshape(b, t, -1)
+        layers = [i % self.backbone.depth for i in self.decoder.layers]
+        _, taken = self._run_backbone(video, layers)
+        by_layer = dict(zip(sorted(set(layers)), taken))
+        return torch.stack([by_layer[i].reshape(b, t, *by_layer[i].shape[1:]) for i in layers], dim=1)
+
+    def readout(self, features: torch.Tensor) -> torch.Tensor:
+        """Video embedding (B, embed_dim) from ``backbone_features``."""
+        if self.decoder is not None:
+            b, _, t = features.shape[:3]
+            layer_tokens = [features[:, i].flatten(0, 1) for i in range(features.shape[1])]
+            return self.decoder(layer_tokens, self.backbone.context(t), self.backbone)
+        if self.pool == "embed-mean":
+            return self.backbone.head(features, self.project).mean(dim=1)
+        return self.backbone.head(features.mean(dim=1), self.project)
+
+    def cacheable(self) -> bool:
+        """True when the backbone is frozen and untouched, so its outputs can be computed once and reused."""
+        b = self.backbone
+        return (not self._backbone_needs_grad() and all(slot.is_empty() for slot in b.slots)
+                and not len(b.before_pre_norm) and not len(b.after_embed))
+
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding, (B, embed_dim)."""
-        if self.decoder is not None:
-            return self._decode(video)
-        if self.pool == "embed-mean":
-            return self.encode_frames(video).mean(dim=1)
-        b, t = video.shape[0], video.shape[2]
-        cls = self.frame_tokens(video)[:, 0].reshape(b, t, -1)
-        return self.backbone.head(cls.mean(dim=1), self.project)
+        return self.readout(self.backbone_features(video))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Class logits. With ``from_features`` set, the input is ``backbone_features`` (cached training)."""
         if self.head is None:
             raise RuntimeError("this model was built without classes (num_classes=None): use encode_video")
-        return self.head(self.dropout(self.encode_video(video)))
+        embedding = self.readout(video) if self.from_features else self.encode_video(video)
+        return self.head(self.dropout(embedding))
 
     def forward_views(self, views: torch.Tensor) -> torch.Tensor:
         """Multi-view testing: ``(B, V, C, T, H, W)`` -> softmax scores averaged over views, (B, classes)."""
