@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_predict(sub)
     _add_profile(sub)
+    p = sub.add_parser("merge", help="fold mergeable methods (ZeroI2V, LoRA) into the backbone weights")
+    p.add_argument("--checkpoint", required=True, help="a trained checkpoint folder")
+    p.add_argument("--output", required=True, help="folder for the merged checkpoint (whole tower included)")
+    p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
     p = sub.add_parser("demo-data", help="generate the demo videos, lists and class names")
     p.add_argument("dir", nargs="?", default=DEFAULT_DEMO_DIR)
     p.add_argument("--seed", type=int, default=0)
@@ -441,7 +446,25 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes,
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .checkpoint import CONFIG_FILE, load_model
+    from .merge import merge
+    from .model import count_parameters
+    from .train import OutputExistsError
+
+    output = Path(args.output)
+    if (output / CONFIG_FILE).exists() and not args.overwrite:
+        raise OutputExistsError(f"{output} already holds a checkpoint; pass --overwrite to replace it")
+    model = load_model(args.checkpoint, weights=args.weights).eval()
+    before = count_parameters(model)[1]
+    merge(model)
+    model.save_adapter(output, class_names=model.class_names)
+    print(f"merged {', '.join(model.merged_methods)}: {before:,} -> {count_parameters(model)[1]:,} parameters; "
+          f"-> {output}")
+    return 0
+
+
+COMMANDS = {"merge": cmd_merge, "adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes,
             "profile": cmd_profile}
 
 
