@@ -61,12 +61,22 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         shard_index, row = self.rows[index]
-        with safe_open(str(self.shards[shard_index]), framework="pt") as handle:
-            return {
-                "video": handle.get_slice("features")[row].float(),
-                "label": int(handle.get_slice("labels")[row]),
-                "index": int(handle.get_slice("indices")[row]),
-            }
+        handle = self._handle(shard_index)
+        return {
+            "video": handle.get_slice("features")[row].float(),
+            "label": int(handle.get_slice("labels")[row]),
+            "index": int(handle.get_slice("indices")[row]),
+        }
+
+    def _handle(self, shard_index: int):
+        # Shards stay open (memory-mapped) for the life of the process; reopened in each loader worker.
+        handles = self.__dict__.setdefault("_handles", {})
+        if shard_index not in handles:
+            handles[shard_index] = safe_open(str(self.shards[shard_index]), framework="pt")
+        return handles[shard_index]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_handles"}
 
 
 @torch.no_grad()
