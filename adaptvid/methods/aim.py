@@ -1,0 +1,228 @@
+"""AIM (Yang et al., ICLR 2023): the frozen attention reused along time, plus three bottleneck adapters per block.
+
+Per block, in this order (x: the residual stream, frames folded into the batch):
+
+1. temporal:  tokens regrouped (B*T, N, D) -> (B*N, T, D), all N tokens including CLS; then
+   ``T_Adapter(attn(norm1(.)))`` with the block's *frozen* norm1 and attention; regrouped back and
+   added to x through drop path. (``num_tadapter=2``: a second adapter, with skip, between norm1
+   and the attention — ``T_Adapter(attn(T_Adapter_in(norm1(.))))``.)
+2. spatial:   ``x + S_Adapter(attn(norm1(x)))``; S_Adapter keeps a skip, ``h + adapter(h)``; no drop path.
+3. joint:     ``xn = norm2(x); x + mlp(xn) + drop_path(scale * MLP_Adapter(xn))``.
+
+Adapter = Linear(D, ratio*D) -> GELU (exact) -> Linear(ratio*D, D); every Linear trunc-normal
+std 0.02, bias 0, then the second Linear's weight and bias zeroed, so every adapter starts at
+zero output and the model starts as the image model. A zero-init temporal embedding (1, T, D)
+is added to every token (CLS included) before the pre-norm. Readout: final norm on each
+frame's CLS, mean over time, dropout, linear head (the I3D head, fc N(0, 0.01)). Trained:
+adapters, temporal embedding, the tower's final norm, the head.
+
+In adaptvid's hook points: temporal = ``before_attn``; S_Adapter = ``attn_branch``;
+MLP adapter = ``mlp_parallel``; temporal embedding = the backbone's ``before_pre_norm``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..backbones import BlockView, FrameContext
+from .registry import register_method
+
+DROP_PATH_MASKS = ("token", "video")
+
+
+@dataclass
+class AIMConfig:
+    ratio: float = field(default=0.25, metadata={
+        "help": "adapter bottleneck width as a fraction of the token width (0.25: 768 -> 192 on ViT-B)"})
+    scale: float = field(default=0.5, metadata={
+        "help": "scale of the MLP-parallel adapter (0.5 in the K400 config, 1.0 in the SSv2 config)"})
+    drop_path: float = field(default=0.2, metadata={
+        "help": "largest drop-path rate (linear 0 -> drop_path over the blocks), on the temporal branch "
+                "and the MLP adapter only"})
+    temporal_embedding: bool = field(default=True, metadata={
+        "help": "add a zero-init learnable temporal embedding (1, T, D) to every token before the pre-norm"})
+    num_tadapter: int = field(default=1, metadata={
+        "help": "temporal adapters per block: 1 (K400 config) or 2 (SSv2 config: a second adapter, with skip, "
+                "before the temporal attention)"})
+    drop_path_mask: str = field(default="token", metadata={
+        "help": "'token': one drop-path draw per token position shared by the whole batch, as the official "
+                "sequence-first code does; 'video': one draw per video (standard stochastic depth)"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio:
+            raise ValueError(f"aim ratio must be > 0, got {self.ratio}")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"aim drop_path must be in [0, 1), got {self.drop_path}")
+        if self.num_tadapter not in (1, 2):
+            raise ValueError(f"aim num_tadapter must be 1 or 2, got {self.num_tadapter}")
+        if self.drop_path_mask not in DROP_PATH_MASKS:
+            raise ValueError(f"aim drop_path_mask must be one of {DROP_PATH_MASKS}, got {self.drop_path_mask!r}")
+
+
+class Adapter(nn.Module):
+    """Linear(D, r) -> GELU -> Linear(r, D); the up-projection starts at zero. ``skip``: h + adapter(h)."""
+
+    def __init__(self, width: int, ratio: float, skip: bool) -> None:
+        super().__init__()
+        hidden = int(width * ratio)
+        if hidden < 1:
+            raise ValueError(f"aim: ratio {ratio} leaves no bottleneck width on a {width}-wide tower")
+        self.skip = skip
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+        for linear in (self.fc1, self.fc2):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.fc2.weight)   # the model starts as the image model
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.fc2(self.act(self.fc1(h)))
+        return h + out if self.skip else out
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a (B*T, N, D) branch, rescaled by 1/keep; the identity in eval or at rate 0.
+
+    ``mask="token"`` draws one keep/drop per token position for the whole batch (shape (1, N, 1)):
+    the official code runs sequence-first, (N, B*T, D), and timm's DropPath draws along dim 0.
+    ``mask="video"`` draws one per video, shared by its frames.
+    """
+
+    def __init__(self, rate: float, mask: str = "token") -> None:
+        super().__init__()
+        self.rate = float(rate)
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        if self.mask == "token":
+            shape = (1, x.shape[1], 1)
+            draw = x.new_empty(shape).bernoulli_(keep)
+        else:
+            draw = x.new_empty(x.shape[0] // num_frames, 1, 1, 1).bernoulli_(keep)
+            draw = draw.expand(-1, num_frames, 1, 1).reshape(x.shape[0], 1, 1)
+        return x * draw.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.4f}, mask={self.mask}"
+
+
+class TemporalAdaptation(nn.Module):
+    """``before_attn``: x + drop_path(T_Adapter(attn(norm1(x regrouped along time)))), frozen norm1 and attention."""
+
+    def __init__(self, view: BlockView, width: int, ratio: float, num_tadapter: int, drop_path: DropPath) -> None:
+        super().__init__()
+        # BlockView is a plain dataclass, not a Module: the frozen norm1/attention stay out of this
+        # module's parameters and state (they belong to the tower).
+        self.view = view
+        self.adapter_in = Adapter(width, ratio, skip=True) if num_tadapter == 2 else None
+        self.adapter = Adapter(width, ratio, skip=False)
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
+        bt, n, d = x.shape
+        t = ctx.num_frames
+        xt = x.reshape(bt // t, t, n, d).transpose(1, 2).reshape(-1, t, d)   # (B*N, T, D)
+        xt = self.view.norm1(xt)
+        if self.adapter_in is not None:
+            xt = self.adapter_in(xt)
+        xt = self.adapter(self.view.attn(xt))
+        xt = xt.reshape(bt // t, n, t, d).transpose(1, 2).reshape(bt, n, d)  # back to (B*T, N, D)
+        # No layer scale (view.residual1) here: the zero-init adapter learns its own scale.
+        return x + self.drop_path(xt, t)
+
+
+class SpatialAdapter(nn.Module):
+    """``attn_branch``: h -> S_Adapter(h) = h + adapter(h), the spatial attention's output before its residual add."""
+
+    def __init__(self, width: int, ratio: float) -> None:
+        super().__init__()
+        self.adapter = Adapter(width, ratio, skip=True)
+
+    def forward(self, h: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
+        return self.adapter(h)
+
+
+class MLPAdapter(nn.Module):
+    """``mlp_parallel``: norm2(x) -> drop_path(scale * MLP_Adapter(norm2(x))), added beside the frozen MLP.
+
+    run_block adds this to the MLP output and passes the sum through ``view.residual2`` (the
+    identity in CLIP towers; timm's ls2 / drop_path2 where the tower has them), so on a
+    layer-scaled timm tower the adapter is scaled by ls2 as well.
+    """
+
+    def __init__(self, width: int, ratio: float, scale: float, drop_path: DropPath) -> None:
+        super().__init__()
+        self.adapter = Adapter(width, ratio, skip=False)
+        self.scale = scale
+        self.drop_path = drop_path
+
+    def forward(self, xn: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
+        return self.drop_path(self.scale * self.adapter(xn), ctx.num_frames)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class TemporalEmbedding(nn.Module):
+    """``before_pre_norm``: a learnable (1, T, D) embedding, zero-init, added to every token of frame t."""
+
+    def __init__(self, num_frames: int, width: int) -> None:
+        super().__init__()
+        self.temporal_embedding = nn.Parameter(torch.zeros(1, num_frames, width))
+
+    def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
+        t = ctx.num_frames
+        if t != self.temporal_embedding.shape[1]:
+            raise ValueError(f"aim: the temporal embedding was built for {self.temporal_embedding.shape[1]} frames, "
+                             f"got clips of {t}; build the model with num_frames={t}")
+        bt, n, d = x.shape
+        return (x.reshape(bt // t, t, n, d) + self.temporal_embedding.unsqueeze(2)).reshape(bt, n, d)
+
+
+def final_norms(backbone) -> list[nn.Module]:
+    """The tower's final norm(s), the ones applied to the CLS token by ``backbone.head``, per library."""
+    tower = backbone.tower
+    if backbone.library == "open_clip":
+        norms = [tower.ln_post]
+    elif backbone.library == "transformers":
+        norms = [tower.vision_model.post_layernorm]
+    elif backbone.library == "timm":
+        norms = [tower.norm, tower.fc_norm]   # timm: norm on all tokens, fc_norm on the pooled one
+    else:
+        raise ValueError(f"aim: no known final norm for backbone library {backbone.library!r}")
+    return [m for m in norms if any(True for _ in m.parameters())]
+
+
+@register_method(
+    "aim", AIMConfig, family="adapter",
+    paper="Yang, Zhu, Xie, Zhang, Chen, Li. AIM: Adapting Image Models for Efficient Video Action Recognition, "
+          "ICLR 2023",
+    help="frozen attention reused along time + temporal, spatial and MLP-parallel adapters; temporal embedding",
+)
+def apply_aim(model, config: AIMConfig) -> None:
+    backbone = model.backbone
+    width, depth = backbone.width, backbone.depth
+    rates = [r.item() for r in torch.linspace(0, config.drop_path, depth)]
+    for view, slot, rate in zip(backbone.views, backbone.slots, rates):
+        # The block's one rate on its temporal branch and its MLP adapter (independent draws).
+        slot.add("before_attn", "aim_temporal", TemporalAdaptation(
+            view, width, config.ratio, config.num_tadapter, DropPath(rate, config.drop_path_mask)))
+        slot.add("attn_branch", "aim_spatial", SpatialAdapter(width, config.ratio))
+        slot.add("mlp_parallel", "aim_mlp", MLPAdapter(
+            width, config.ratio, config.scale, DropPath(rate, config.drop_path_mask)))
+    if config.temporal_embedding:
+        backbone.before_pre_norm["aim"] = TemporalEmbedding(model.num_frames, width)
+    for norm in final_norms(backbone):
+        norm.requires_grad_(True)
+    # The paper's readout: final norm on each frame's CLS, mean over time, no CLIP projection
+    # (the final norm is per token, so "norm then mean" is embed-mean, not token-mean).
+    model.set_readout("embed-mean", project=False)
+    if model.head is not None:  # the I3D head's fc_cls init
+        nn.init.normal_(model.head.weight, std=0.01)
+        nn.init.zeros_(model.head.bias)
