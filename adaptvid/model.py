@@ -43,6 +43,7 @@ class VideoModel(nn.Module):
         self._num_classes = num_classes
         self.decoder: Optional[nn.Module] = None
         self.from_features = False  # forward() takes backbone_features instead of video (feature-cache training)
+        self.new_lr_parameters: set[int] = set()  # ids of tower parameters trained at the new modules' rate
         self.set_readout(pool, project)
         self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
         backbone.views  # build the per-block slots now, so methods can fill them
@@ -75,6 +76,14 @@ class VideoModel(nn.Module):
             raise ValueError("the model already has a decoder; two decoders cannot share one readout")
         self.decoder = decoder
         self._build_head()
+
+    def train_tower_parameters(self, *modules: nn.Module) -> None:
+        """Unfreeze a few tower modules (e.g. the final norm) and train them at the new modules' learning
+        rate, as the papers that train them do (not at the reduced ``backbone_lr`` of full fine-tuning)."""
+        for module in modules:
+            for p in module.parameters():
+                p.requires_grad_(True)
+                self.new_lr_parameters.add(id(p))
 
     def _build_head(self) -> None:
         self.head = None

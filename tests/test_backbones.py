@@ -127,3 +127,14 @@ def test_every_hook_point_runs_in_block_order(name):
                      "after_block"]
     backbone.refresh_views()
     assert backbone.views[0].block is view.block and backbone.slots[0] is slot  # handles re-read, modules kept
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_final_norms_are_the_ones_the_head_applies(name):
+    backbone = create_backbone(name).eval()
+    cls = torch.randn(3, 64)
+    with torch.no_grad():
+        before = backbone.head(cls, project=False)
+        for norm in backbone.final_norms():
+            torch.nn.init.normal_(norm.weight)
+        assert not torch.allclose(backbone.head(cls, project=False), before)

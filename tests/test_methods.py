@@ -172,3 +172,17 @@ def test_a_decoder_reads_chosen_layers_and_the_backbone_runs_without_autograd():
     assert model.decoder.scale.grad is not None
     with pytest.raises(ValueError, match="already has a decoder"):
         model.set_decoder(LastTwoCls())
+
+
+def test_tower_parameters_a_method_trains_get_the_new_modules_learning_rate():
+    from adaptvid.train.schedule import parameter_groups
+
+    model = _build("tiny-clip", "st-adapter")
+    model.train_tower_parameters(*model.backbone.final_norms())
+    groups = parameter_groups(model, lr=1e-3, backbone_lr=1e-5, weight_decay=0.05)
+    norm_ids = {id(p) for n in model.backbone.final_norms() for p in n.parameters()}
+    for group in groups:
+        if norm_ids & {id(p) for p in group["params"]}:
+            assert group["lr"] == 1e-3
+    full = _build("tiny-clip", "full")
+    assert {g["lr"] for g in parameter_groups(full, 1e-3, 1e-5, 0.05)} == {1e-3, 1e-5}

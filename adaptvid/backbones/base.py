@@ -199,6 +199,10 @@ class Backbone(nn.Module):
         """Final norm (and, with ``project``, the projection into the joint image-text space)."""
         raise NotImplementedError
 
+    def final_norms(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """The norm(s) ``head`` applies to the CLS token (methods such as AIM and ZeroI2V train them)."""
+        raise NotImplementedError
+
     def library_forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """The library's own image embedding, for equivalence tests."""
         raise NotImplementedError

@@ -51,6 +51,9 @@ class HFClipBackbone(Backbone):
             cls = self.tower.visual_projection(cls)
         return cls
 
+    def final_norms(self) -> list[nn.Module]:
+        return [self.tower.vision_model.post_layernorm]
+
     def library_forward(self, images: torch.Tensor) -> torch.Tensor:
         pooled = self.tower.vision_model(pixel_values=images).pooler_output
         if self.tower.visual_projection is not None:

@@ -60,6 +60,9 @@ class OpenClipBackbone(Backbone):
             cls = cls @ self.tower.proj
         return cls
 
+    def final_norms(self) -> list[nn.Module]:
+        return [self.tower.ln_post]
+
     def library_forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.tower(images)
 

@@ -45,6 +45,10 @@ class TimmBackbone(Backbone):
         # timm applies `norm` to all tokens then `fc_norm` to the pooled one; both are per-token.
         return self.tower.fc_norm(self.tower.norm(cls))
 
+    def final_norms(self) -> list[nn.Module]:
+        # norm on every token, fc_norm on the pooled one (an Identity unless the model pools by average)
+        return [m for m in (self.tower.norm, self.tower.fc_norm) if not isinstance(m, nn.Identity)]
+
     def library_forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.tower.forward_head(self.tower.forward_features(images), pre_logits=True)
 

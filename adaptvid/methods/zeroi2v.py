@@ -32,6 +32,7 @@ from torch import nn
 
 from ..backbones import FrameContext
 from ..backbones.base import attention, merge_heads, split_heads
+from ._blocks import TemporalEmbedding
 from .registry import register_method
 
 NAME = "zeroi2v"
@@ -149,36 +150,7 @@ class STDHAttention(nn.Module):
         return f"block={self.index}, shifted_channels={self.fold} each way"
 
 
-class TemporalEmbedding(nn.Module):
-    """A learned ``(1, T, D)`` table, zero at init, added to every token of frame t."""
-
-    def __init__(self, num_frames: int, width: int) -> None:
-        super().__init__()
-        self.temporal_embedding = nn.Parameter(torch.zeros(1, num_frames, width))
-
-    def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
-        frames = self.temporal_embedding.shape[1]
-        if ctx.num_frames != frames:
-            raise ValueError(f"zeroi2v was built for {frames} frames (its temporal embedding has {frames} rows) "
-                             f"but got clips of {ctx.num_frames}; build the model with num_frames={ctx.num_frames}")
-        n, length, width = x.shape
-        x = x.reshape(n // frames, frames, length, width) + self.temporal_embedding.unsqueeze(2).to(x.dtype)
-        return x.reshape(n, length, width)
-
-
 # -- the library modules the adapters fold into -------------------------------------------
-
-def _final_norms(backbone) -> list[nn.Module]:
-    """The norm(s) ``backbone.head`` applies to the CLS token (the paper trains ln_post)."""
-    tower = backbone.tower
-    if backbone.library == "open_clip":
-        return [tower.ln_post]
-    if backbone.library == "transformers":
-        return [tower.vision_model.post_layernorm]
-    if backbone.library == "timm":
-        return [tower.norm, tower.fc_norm]
-    raise ValueError(f"zeroi2v: no final norm known for {backbone.library!r} backbones")
-
 
 def _in_projections(attn: nn.Module) -> list[tuple[nn.Module, str, str]]:
     """(module, weight name, bias name) of every linear map from the normed tokens to q, k, v."""
@@ -306,8 +278,7 @@ def apply_zeroi2v(model, config: ZeroI2VConfig) -> None:
         slot.add("attention", NAME, STDHAttention(backbone, index, fold, adapter(), adapter()))
         slot.add("mlp_in", NAME, adapter())
         slot.add("mlp_out", NAME, adapter())
-    backbone.before_pre_norm[NAME] = TemporalEmbedding(model.num_frames, width)
-    for norm in _final_norms(backbone):
-        norm.requires_grad_(True)
+    backbone.before_pre_norm[NAME] = TemporalEmbedding(model.num_frames, width, NAME)
+    model.train_tower_parameters(*backbone.final_norms())
     # The paper's readout: ln_post(CLS) per frame, mean over time (I3D head), no CLIP projection.
     model.set_readout("embed-mean", project=False)

@@ -21,7 +21,7 @@ def parameter_groups(model: torch.nn.Module, lr: float, backbone_lr: float, weig
 
     Biases, norm weights and embeddings (1-d or named *embedding*/*token*) get no weight decay.
     """
-    tower = {id(p) for p in model.backbone.tower.parameters()}
+    tower = {id(p) for p in model.backbone.tower.parameters()} - getattr(model, "new_lr_parameters", set())
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
