@@ -187,6 +187,10 @@ class TemporalEmbedding(nn.Module):
 
 def final_norms(backbone) -> list[nn.Module]:
     """The tower's final norm(s), the ones applied to the CLS token by ``backbone.head``, per library."""
+    try:  # the backbone protocol's own answer, where the wrapper gives one
+        return [m for m in backbone.final_norms() if any(True for _ in m.parameters())]
+    except (AttributeError, NotImplementedError):
+        pass
     tower = backbone.tower
     if backbone.library == "open_clip":
         norms = [tower.ln_post]
@@ -218,8 +222,12 @@ def apply_aim(model, config: AIMConfig) -> None:
             width, config.ratio, config.scale, DropPath(rate, config.drop_path_mask)))
     if config.temporal_embedding:
         backbone.before_pre_norm["aim"] = TemporalEmbedding(model.num_frames, width)
-    for norm in final_norms(backbone):
-        norm.requires_grad_(True)
+    norms = final_norms(backbone)
+    if hasattr(model, "train_tower_parameters"):  # trained at the adapters' rate, as in the official run
+        model.train_tower_parameters(*norms)
+    else:  # (without it, the trainer gives tower parameters backbone_lr: the recipes set it to lr)
+        for norm in norms:
+            norm.requires_grad_(True)
     # The paper's readout: final norm on each frame's CLS, mean over time, no CLIP projection
     # (the final norm is per token, so "norm then mean" is embed-mean, not token-mean).
     model.set_readout("embed-mean", project=False)
