@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from adaptvid import build_model, count_parameters, load_model
-from adaptvid.methods.aim import Adapter, DropPath, TemporalAdaptation, final_norms
+from adaptvid.methods.aim import Adapter, DropPath, TemporalAdaptation
+from adaptvid.train.schedule import parameter_groups
 from conftest import TINY_BACKBONES, tiny_video
 
 FRAMES = 4
@@ -52,7 +53,7 @@ def test_shapes_and_identity_at_init(backbone):
 @pytest.mark.parametrize("backbone", TINY_BACKBONES)
 def test_only_what_the_paper_trains_gets_gradients(backbone):
     model = _randomise_adapters(_build(backbone))  # non-zero up-projections: every adapter tensor gets a gradient
-    norms = {id(p) for m in final_norms(model.backbone) for p in m.parameters()}
+    norms = {id(p) for m in model.backbone.final_norms() for p in m.parameters()}
     assert norms, "the tower's final norm should be found"
     tower = {id(p) for p in model.backbone.tower.parameters()}
     for name, p in model.named_parameters():
@@ -60,6 +61,10 @@ def test_only_what_the_paper_trains_gets_gradients(backbone):
         assert p.requires_grad == expected, f"{name}: requires_grad={p.requires_grad}"
         if id(p) in tower:
             assert p.requires_grad == (id(p) in norms), name
+
+    # ... and it trains at the new modules' learning rate, not the reduced backbone_lr.
+    for group in parameter_groups(model, lr=1e-3, backbone_lr=1e-5, weight_decay=0.05):
+        assert group["lr"] == 1e-3, group["name"]
 
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -227,7 +232,6 @@ def test_recipe_is_complete(name):
     for key in ("citation", "top1", "views", "frames", "trainable_params_excl_head", "gflops_ratio_vs_image_model"):
         assert key in paper, key
     assert paper["views"] == recipe["train"]["views"]
-    assert recipe["train"]["backbone_lr"] == recipe["train"]["lr"]  # ln_post trains at the adapters' rate
     from adaptvid.methods.aim import AIMConfig
 
     AIMConfig(**recipe.get("options", {}))  # every option is a valid AIM field

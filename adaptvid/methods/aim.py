@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..backbones import BlockView, FrameContext
+from ._blocks import TemporalEmbedding
 from .registry import register_method
 
 DROP_PATH_MASKS = ("token", "video")
@@ -169,40 +170,6 @@ class MLPAdapter(nn.Module):
         return f"scale={self.scale}"
 
 
-class TemporalEmbedding(nn.Module):
-    """``before_pre_norm``: a learnable (1, T, D) embedding, zero-init, added to every token of frame t."""
-
-    def __init__(self, num_frames: int, width: int) -> None:
-        super().__init__()
-        self.temporal_embedding = nn.Parameter(torch.zeros(1, num_frames, width))
-
-    def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
-        t = ctx.num_frames
-        if t != self.temporal_embedding.shape[1]:
-            raise ValueError(f"aim: the temporal embedding was built for {self.temporal_embedding.shape[1]} frames, "
-                             f"got clips of {t}; build the model with num_frames={t}")
-        bt, n, d = x.shape
-        return (x.reshape(bt // t, t, n, d) + self.temporal_embedding.unsqueeze(2)).reshape(bt, n, d)
-
-
-def final_norms(backbone) -> list[nn.Module]:
-    """The tower's final norm(s), the ones applied to the CLS token by ``backbone.head``, per library."""
-    try:  # the backbone protocol's own answer, where the wrapper gives one
-        return [m for m in backbone.final_norms() if any(True for _ in m.parameters())]
-    except (AttributeError, NotImplementedError):
-        pass
-    tower = backbone.tower
-    if backbone.library == "open_clip":
-        norms = [tower.ln_post]
-    elif backbone.library == "transformers":
-        norms = [tower.vision_model.post_layernorm]
-    elif backbone.library == "timm":
-        norms = [tower.norm, tower.fc_norm]   # timm: norm on all tokens, fc_norm on the pooled one
-    else:
-        raise ValueError(f"aim: no known final norm for backbone library {backbone.library!r}")
-    return [m for m in norms if any(True for _ in m.parameters())]
-
-
 @register_method(
     "aim", AIMConfig, family="adapter",
     paper="Yang, Zhu, Xie, Zhang, Chen, Li. AIM: Adapting Image Models for Efficient Video Action Recognition, "
@@ -221,13 +188,9 @@ def apply_aim(model, config: AIMConfig) -> None:
         slot.add("mlp_parallel", "aim_mlp", MLPAdapter(
             width, config.ratio, config.scale, DropPath(rate, config.drop_path_mask)))
     if config.temporal_embedding:
-        backbone.before_pre_norm["aim"] = TemporalEmbedding(model.num_frames, width)
-    norms = final_norms(backbone)
-    if hasattr(model, "train_tower_parameters"):  # trained at the adapters' rate, as in the official run
-        model.train_tower_parameters(*norms)
-    else:  # (without it, the trainer gives tower parameters backbone_lr: the recipes set it to lr)
-        for norm in norms:
-            norm.requires_grad_(True)
+        backbone.before_pre_norm["aim"] = TemporalEmbedding(model.num_frames, width, owner="aim")
+    # The final norm trains, at the adapters' learning rate (not backbone_lr), as in the official run.
+    model.train_tower_parameters(*backbone.final_norms())
     # The paper's readout: final norm on each frame's CLS, mean over time, no CLIP projection
     # (the final norm is per token, so "norm then mean" is embed-mean, not token-mean).
     model.set_readout("embed-mean", project=False)
