@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .backbones import Backbone, FrameContext, create_backbone
+from .backbones import Backbone, FrameContext, create_backbone, merge_heads
 from .methods.registry import make_configs, split_method_names
 
 POOLS = ("embed-mean", "token-mean")
@@ -71,6 +71,8 @@ class VideoModel(nn.Module):
         ``decoder.layers``: the backbone layers (negative indices allowed) whose outputs it reads;
         ``decoder.out_dim``: its output width; it is called as
         ``decoder(layer_tokens, ctx, backbone) -> (B, out_dim)`` with one ``(B*T, L, D)`` tensor per layer.
+        An optional ``decoder.qk_layers`` adds, after those, the attention queries of each of these
+        blocks and then their keys, heads merged, ``(B*T, L, D)`` each — captured during the forward.
         """
         if self.decoder is not None:
             raise ValueError("the model already has a decoder; two decoders cannot share one readout")
@@ -101,11 +103,11 @@ class VideoModel(nn.Module):
         b, c, t, h, w = video.shape
         return video.transpose(1, 2).reshape(b * t, c, h, w), self.backbone.context(t)
 
-    def _run_backbone(self, video: torch.Tensor, layers=()):
+    def _run_backbone(self, video: torch.Tensor, layers=(), qk_out=None, qk_layers=()):
         frames, ctx = self._frames(video)
         grad = torch.is_grad_enabled() and self._backbone_needs_grad()
         with torch.set_grad_enabled(grad):
-            return self.backbone.forward_tokens(frames, ctx, return_layers=layers)
+            return self.backbone.forward_tokens(frames, ctx, return_layers=layers, qk_out=qk_out, qk_layers=qk_layers)
 
     def _backbone_needs_grad(self) -> bool:
         # Frozen towers with nothing trainable inside run without autograd (cheaper, no saved activations).
@@ -128,10 +130,15 @@ class VideoModel(nn.Module):
         b, t = video.shape[0], video.shape[2]
         if self.decoder is None:
             return self.frame_tokens(video)[:, 0].reshape(b, t, -1)
-        layers = [i % self.backbone.depth for i in self.decoder.layers]
-        _, taken = self._run_backbone(video, layers)
+        depth = self.backbone.depth
+        layers = [i % depth for i in self.decoder.layers]
+        qk_layers = [i % depth for i in getattr(self.decoder, "qk_layers", ())]
+        qk: dict = {}
+        _, taken = self._run_backbone(video, layers, qk, qk_layers)
         by_layer = dict(zip(sorted(set(layers)), taken))
-        return torch.stack([by_layer[i].reshape(b, t, *by_layer[i].shape[1:]) for i in layers], dim=1)
+        tensors = [by_layer[i] for i in layers]
+        tensors += [merge_heads(qk[i][0]) for i in qk_layers] + [merge_heads(qk[i][1]) for i in qk_layers]
+        return torch.stack([x.reshape(b, t, *x.shape[1:]) for x in tensors], dim=1)
 
     def readout(self, features: torch.Tensor) -> torch.Tensor:
         """Video embedding (B, embed_dim) from ``backbone_features``."""

@@ -22,7 +22,8 @@ def test_shapes_and_only_the_decoder_and_head_train(backbone):
     video = tiny_video()
     logits = model(video)
     assert logits.shape == (2, 5) and model.encode_video(video).shape == (2, 64)
-    assert len(seen) == 4 and all(t.shape == (8, 17, 64) and not t.requires_grad for t in seen)
+    # two calls x (2 block outputs + their 2 queries + 2 keys, heads merged)
+    assert len(seen) == 12 and all(t.shape == (8, 17, 64) and not t.requires_grad for t in seen)
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("decoder.", "head.")) for n in trainable)
@@ -47,7 +48,7 @@ def test_features_can_be_cached():
     video = tiny_video()
     with torch.no_grad():
         features = model.backbone_features(video)
-        assert features.shape == (2, 2, 4, 17, 64)   # (B, layers, T, L, D): blocks 0 and 1
+        assert features.shape == (2, 6, 4, 17, 64)   # (B, outputs + queries + keys of blocks 0 and 1, T, L, D)
         live = model(video)
         model.from_features = True
         assert torch.equal(model(features), live)
@@ -116,7 +117,7 @@ def test_frame_order_matters_once_the_temporal_modules_are_nonzero():
 
 
 def test_options_and_limits():
-    assert _build(num_layers=4).decoder.num_layers == 1                 # capped at depth - 1 on 2 blocks
+    assert _build(num_layers=4).decoder.num_layers == 2                 # capped at the depth on 2 blocks
     bare = _build(temporal_conv=False, temporal_pos=False, temporal_cross_attention=False).decoder
     assert bare.temporal_conv is None and bare.temporal_pos_embedding is None and bare.temporal_cross_attention is None
     assert _build(mlp_dropout=0.1).decoder.blocks[0].mlp.dropout.p == 0.1
@@ -143,7 +144,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_vit_b16_parameter_count_matches_the_official_code():
     model = build_model("clip", "evl", num_classes=400, weights="random")
-    assert model.decoder.layers == [7, 8, 9, 10, 11]                    # blocks 8..11 (+ block 7 for q/k)
+    assert model.decoder.layers == model.decoder.qk_layers == [8, 9, 10, 11]
     trainable, total = count_parameters(model)
     head = 768 * 400 + 400
     print(f"EVL ViT-B/16 trainable parameters excluding the head Linear: {trainable - head:,}")

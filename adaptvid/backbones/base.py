@@ -124,19 +124,30 @@ class Slot(nn.Module):
         container[name] = module
 
 
-def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
+def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext,
+              capture_qk: Optional[list] = None) -> torch.Tensor:
     """One pre-norm transformer block with the slot's method modules in place.
 
     An empty slot calls the library's own block so an unmodified model is
-    computed by exactly the library's code.
+    computed by exactly the library's code. With ``capture_qk`` (a list), the
+    attention runs through the q/k/v handles and its (q, k) are appended to
+    it — at no extra cost, for decoders that read them (EVL).
     """
-    if slot.is_empty():
+    if slot.is_empty() and capture_qk is None:
         return view.forward(x)
     for module in slot.before_attn.values():
         x = module(x, ctx)
     xn = view.norm1(x)
     if len(slot.attention):
+        if capture_qk is not None:
+            raise ValueError("cannot hand out attention q/k of a block whose attention a method replaces")
         h = next(iter(slot.attention.values()))(xn, ctx)
+    elif capture_qk is not None:
+        if view.qkv is None:
+            raise ValueError(f"block {type(view.block).__name__} offers no q/k/v handles to capture")
+        q, k, v = view.qkv(xn)
+        capture_qk.append((q, k))
+        h = view.attn_out(attention(q, k, v))
     else:
         h = view.attn(xn)
     for module in slot.attn_branch.values():
@@ -240,8 +251,14 @@ class Backbone(nn.Module):
         images: torch.Tensor,
         ctx: FrameContext,
         return_layers: Sequence[int] = (),
+        qk_out: Optional[dict] = None,
+        qk_layers: Sequence[int] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run the tower on (N, C, H, W) frames; return final tokens and requested layers' outputs."""
+        """Run the tower on (N, C, H, W) frames; return final tokens and requested layers' outputs.
+
+        For each block index in ``qk_layers``, ``qk_out[index]`` receives that block's attention
+        (q, k), each (N, heads, L, head_dim).
+        """
         views = self.views
         x = self.embed_tokens(images)
         for module in self.before_pre_norm.values():
@@ -251,7 +268,10 @@ class Backbone(nn.Module):
             x = module(x, ctx)
         taken = []
         for index, (view, slot) in enumerate(zip(views, self.slots)):
-            x = run_block(view, slot, x, ctx)
+            capture = [] if index in qk_layers else None
+            x = run_block(view, slot, x, ctx, capture)
+            if capture:
+                qk_out[index] = capture[0]
             if index in return_layers:
                 taken.append(x)
         return x, taken

@@ -21,15 +21,11 @@ with y = all T*L frame tokens, the MLP 4x wide with QuickGELU and dropout 0.5
 before fc2. The decoder ends with a LayerNorm; the model's dropout and linear
 head follow (``head_dropout=0.5`` in the recipes), as in the paper's head.
 
-Protocol notes. The decoder receives block outputs, but the q/k of block i
-belong to block i's input (= output of block i-1): the decoder asks for one
-extra, earlier layer and recomputes ``qkv(norm1(input))`` with the frozen
-weights. Hence N is capped at ``depth - 1`` (the input of block 0 is not a
-block output), and the recomputation costs one extra qkv projection per used
-block: 22.3 GFLOPs per 8-frame clip on ViT-B/16, so EVL measures 1.156x the
-image model instead of the official 1.077x (everything else matches). In
-return the tower stays untouched (``cacheable()``): cached-feature training
-stores block outputs only and recomputes q/k from them.
+Protocol notes. The decoder reads the last N blocks' outputs and, through
+``qk_layers``, the queries and keys those blocks' frozen attention computed
+anyway (captured during the forward: no extra projection, so EVL costs the
+official 1.077x of the image model on ViT-B/16). The tower stays untouched
+(``cacheable()``): cached-feature training stores outputs, q and k.
 """
 from __future__ import annotations
 
@@ -47,7 +43,7 @@ from .registry import register_method
 @dataclass
 class EVLConfig:
     num_layers: int = field(default=4, metadata={
-        "help": "decoder layers = last backbone blocks read (the paper's 4); capped at backbone depth - 1"})
+        "help": "decoder layers = last backbone blocks read (the paper's 4); capped at the backbone depth"})
     temporal_conv: bool = field(default=True, metadata={"help": "depthwise temporal Conv1d (k=3) on the frame features"})
     temporal_pos: bool = field(default=True, metadata={"help": "temporal position embedding (zero-init) on the frame features"})
     temporal_cross_attention: bool = field(default=True, metadata={
@@ -157,18 +153,18 @@ class DecoderLayer(nn.Module):
 
 
 class EVLDecoder(nn.Module):
-    """The EVL decoder as a VideoModel decoder: reads layers [depth-N-1, ..., depth-1], returns (B, D)."""
+    """The EVL decoder as a VideoModel decoder: reads blocks [depth-N, ..., depth-1] and their q/k, returns (B, D)."""
 
     def __init__(self, width: int, num_heads: int, depth: int, grid: tuple[int, int], num_frames: int,
                  config: EVLConfig) -> None:
         super().__init__()
-        n = min(config.num_layers, depth - 1)
-        if n < 1:
-            raise ValueError(f"evl needs a backbone with at least 2 blocks, got {depth}")
+        n = min(config.num_layers, depth)
         self.num_layers = n
+        self.num_heads = num_heads
         self.num_frames = num_frames
-        # One extra, earlier layer: the input of block depth-N gives its attention q/k.
-        self.layers = list(range(depth - n - 1, depth))
+        self.layers = list(range(depth - n, depth))
+        # The same blocks' attention q/k, captured during the backbone forward (cross-frame feature).
+        self.qk_layers = list(self.layers) if config.temporal_cross_attention else []
         self.out_dim = width
         self.query_token = nn.Parameter(torch.zeros(1, 1, width))   # zero-init, as in the official code
         self.temporal_conv = nn.ModuleList(
@@ -183,8 +179,7 @@ class EVLDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderLayer(width, num_heads, config.mlp_dropout) for _ in range(n))
         self.norm = nn.LayerNorm(width)
 
-    def frame_features(self, i: int, tokens: torch.Tensor, previous: torch.Tensor, ctx: FrameContext,
-                       backbone) -> torch.Tensor:
+    def frame_features(self, i: int, tokens: torch.Tensor, qk, ctx: FrameContext) -> torch.Tensor:
         """Block (depth-N+i)'s output with the local temporal modules added, (B, T, L, D)."""
         x = ctx.unfold(tokens)                                            # (B, T, L, D)
         if self.temporal_conv is not None:
@@ -195,25 +190,23 @@ class EVLDecoder(nn.Module):
         if self.temporal_pos_embedding is not None:
             x = x + self.temporal_pos_embedding[i][None, :, None, :]
         if self.temporal_cross_attention is not None:
-            view = backbone.views[self.layers[i + 1]]
-            # The frozen block's own q/k (after projection, before scaling), from its input.
-            needs_grad = torch.is_grad_enabled() and (
-                previous.requires_grad or any(p.requires_grad for p in view.block.parameters()))
-            with torch.set_grad_enabled(needs_grad):
-                q, k, _ = view.qkv(view.norm1(previous))
+            # The frozen block's own q/k (after projection, before scaling).
+            q, k = (split_heads(z, self.num_heads) for z in qk)
             x = x + self.temporal_cross_attention[i](q, k, ctx).to(x.dtype)
         return x
 
     def forward(self, layer_tokens: list[torch.Tensor], ctx: FrameContext, backbone) -> torch.Tensor:
-        if len(layer_tokens) != self.num_layers + 1:
-            raise ValueError(f"evl expected {self.num_layers + 1} layer outputs, got {len(layer_tokens)}")
+        n, expected = self.num_layers, self.num_layers + 2 * len(self.qk_layers)
+        if len(layer_tokens) != expected:
+            raise ValueError(f"evl expected {expected} tensors (outputs, queries, keys), got {len(layer_tokens)}")
         if ctx.num_frames != self.num_frames:
             raise ValueError(f"evl was built for {self.num_frames} frames (temporal position embedding), "
                              f"got clips of {ctx.num_frames}")
         batch = layer_tokens[0].shape[0] // ctx.num_frames
         x = self.query_token.repeat(batch, 1, 1)   # a copy: an expanded view of a leaf confuses module hooks under no_grad
         for i, block in enumerate(self.blocks):
-            y = self.frame_features(i, layer_tokens[i + 1], layer_tokens[i], ctx, backbone)
+            qk = (layer_tokens[n + i], layer_tokens[2 * n + i]) if self.qk_layers else None
+            y = self.frame_features(i, layer_tokens[i], qk, ctx)
             x = block(x, y.flatten(1, 2))                                 # all T*L tokens as keys/values
         return self.norm(x[:, 0])
 
