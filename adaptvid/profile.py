@@ -12,6 +12,7 @@ full fine-tuning is the model with every tower weight set trainable.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Optional
 
 import torch
@@ -33,7 +34,8 @@ def bare_backbone(model: VideoModel):
     exactly the unmodified tower; the pooled readout and head stay as the method
     set them, so a method that only changes the readout costs exactly the bare tower.
     A video decoder (``model.decoder``, EVL-style) is a method module too: it is
-    taken out with the head sized for it, leaving the pooled readout.
+    taken out with the head sized for it, leaving the pooled readout. Layers that
+    peft injected into the tower itself (LoRA) are switched to their base layer.
     """
     backbone = model.backbone
     stash = [{p: getattr(slot, p) for p in HOOK_POINTS} for slot in backbone.slots]
@@ -46,7 +48,8 @@ def bare_backbone(model: VideoModel):
         backbone.after_embed = nn.ModuleDict()
         if decoder is not None:
             model.decoder, model.head = None, None
-        yield model
+        with _peft_layers_disabled(backbone.tower):
+            yield model
     finally:
         for slot, saved in zip(backbone.slots, stash):
             for point, modules in saved.items():
@@ -54,6 +57,27 @@ def bare_backbone(model: VideoModel):
         backbone.after_embed = after_embed
         if decoder is not None:
             model.decoder, model.head = decoder, head
+
+
+@contextlib.contextmanager
+def _peft_layers_disabled(tower: nn.Module):
+    """Run peft-wrapped layers (LoRA) as their base layer; merged ones already cost only the base layer."""
+    if "peft" not in sys.modules:  # nothing can be wrapped, and importing peft takes seconds
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # The flag itself, not enable_adapters(): that would also flip requires_grad, and on a merged
+    # layer peft's forward would unmerge (rewrite the weights), so merged layers are left alone.
+    layers = [m for m in tower.modules() if isinstance(m, BaseTunerLayer) and not m.merged]
+    before = [m._disable_adapters for m in layers]
+    try:
+        for m in layers:
+            m._disable_adapters = True
+        yield
+    finally:
+        for m, flag in zip(layers, before):
+            m._disable_adapters = flag
 
 
 @contextlib.contextmanager
@@ -199,9 +223,9 @@ def format_profile(result: dict) -> str:
         ("frames x views", f"{result['frames']} x {result['views']}"),
         ("trainable parameters", f"{result['trainable']:,} ({result['trainable_excl_head']:,} excl. head)"),
         ("total parameters", f"{result['total']:,}"),
-        ("GFLOPs per view", f"{result['gflops_per_view']:.3f}"),
-        ("GFLOPs total", f"{result['gflops_total']:.3f} ({result['views']} views)"),
-        ("GFLOPs bare tower", f"{result['gflops_bare_per_view']:.3f} per view"),
+        ("GFLOPs per view", f"{result['gflops_per_view']:.6g}"),
+        ("GFLOPs total", f"{result['gflops_total']:.6g} ({result['views']} views)"),
+        ("GFLOPs bare tower", f"{result['gflops_bare_per_view']:.6g} per view"),
         ("FLOPs ratio", f"{result['flops_ratio']:.4f} x bare tower"),
     ]
     if result["activation_bytes"] is not None:

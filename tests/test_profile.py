@@ -1,5 +1,4 @@
 """adaptvid.profile and `adaptvid profile`: parameters, FLOPs against the bare tower, activation memory."""
-import copy
 import json
 
 import pytest
@@ -78,9 +77,9 @@ def test_views_multiply_and_batch_scales_activations():
 
 
 def test_meta_device_counts_the_same_flops_without_memory():
-    model = _tiny("tiny-clip", "st-adapter", bottleneck=16)
-    on_cpu = profile_model(model)
-    on_meta = profile_model(copy.deepcopy(model).to("meta"))
+    on_cpu = profile_model(_tiny("tiny-clip", "st-adapter", bottleneck=16))
+    # A fresh model, not a deepcopy: the open_clip/HF block views bind the original blocks.
+    on_meta = profile_model(_tiny("tiny-clip", "st-adapter", bottleneck=16).to("meta"))
     assert on_meta["gflops_per_view"] == on_cpu["gflops_per_view"]
     assert on_meta["flops_ratio"] == on_cpu["flops_ratio"]
     assert on_meta["activation_bytes"] is None and "activations" not in format_profile(on_meta)
@@ -111,3 +110,24 @@ def test_cli_profile_table_and_bad_views(capsys):
     assert "FLOPs ratio" in capsys.readouterr().out
     assert main(["profile", "--backbone", "tiny-vit", "--method", "frozen", "--views", "2x2"]) == 2
     assert "crops must be 1 or 3" in capsys.readouterr().err
+
+
+def test_lora_layers_inside_the_tower_are_left_out_of_the_bare_count():
+    import adaptvid
+
+    if "lora" not in adaptvid.list_methods():
+        pytest.skip("no lora method in this build")
+    model = _tiny("tiny-clip", "lora").eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # nonzero updates, so the LoRA path computes something different
+            torch.nn.init.normal_(p)
+    frozen = _tiny("tiny-clip", "frozen").eval()
+    video = tiny_video()
+    with torch.no_grad():
+        adapted = model(video)
+        with bare_backbone(model):
+            torch.testing.assert_close(model.encode_video(video), frozen.encode_video(video))
+        assert torch.equal(model(video), adapted)
+    result = profile_model(model)
+    assert result["gflops_bare_per_view"] == profile_model(frozen)["gflops_bare_per_view"]
+    assert result["flops_ratio"] > 1  # unmerged LoRA computes its low-rank path on every call
