@@ -42,6 +42,7 @@ class VideoModel(nn.Module):
         self.dropout = nn.Dropout(head_dropout)
         self._num_classes = num_classes
         self.decoder: Optional[nn.Module] = None
+        self.video_encoder: Optional[nn.Module] = None
         self.from_features = False  # forward() takes backbone_features instead of video (feature-cache training)
         self.new_lr_parameters: set[int] = set()  # ids of tower parameters trained at the new modules' rate
         self.set_readout(pool, project)
@@ -54,6 +55,8 @@ class VideoModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        if self.video_encoder is not None:
+            return self.video_encoder.out_dim
         if self.decoder is not None:
             return self.decoder.out_dim
         return self.backbone.embed_dim if self.project else self.backbone.width
@@ -74,8 +77,8 @@ class VideoModel(nn.Module):
         An optional ``decoder.qk_layers`` adds, after those, the attention queries of each of these
         blocks and then their keys, heads merged, ``(B*T, L, D)`` each — captured during the forward.
         """
-        if self.decoder is not None:
-            raise ValueError("the model already has a decoder; two decoders cannot share one readout")
+        if self.decoder is not None or self.video_encoder is not None:
+            raise ValueError("the model already has a decoder or video encoder; they cannot share one readout")
         self.decoder = decoder
         self._build_head()
 
@@ -86,6 +89,18 @@ class VideoModel(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(True)
                 self.new_lr_parameters.add(id(p))
+
+    def set_video_encoder(self, encoder: nn.Module) -> None:
+        """Replace the whole video encoding by ``encoder(video, model) -> (B, encoder.out_dim)``.
+
+        For methods that run the tower themselves, on other inputs or several times (DualPath's
+        two paths, DiST's dense-frame stream): the encoder calls ``model.backbone.forward_tokens``
+        with contexts it builds (``backbone.context(t, tag=...)``). Not cacheable.
+        """
+        if self.video_encoder is not None or self.decoder is not None:
+            raise ValueError("the model already has a decoder or video encoder; they cannot share one readout")
+        self.video_encoder = encoder
+        self._build_head()
 
     def _build_head(self) -> None:
         self.head = None
@@ -153,11 +168,14 @@ class VideoModel(nn.Module):
     def cacheable(self) -> bool:
         """True when the backbone is frozen and untouched, so its outputs can be computed once and reused."""
         b = self.backbone
-        return (not self._backbone_needs_grad() and all(slot.is_empty() for slot in b.slots)
+        return (self.video_encoder is None and not self._backbone_needs_grad() and all(slot.is_empty() for slot in b.slots)
                 and not len(b.before_pre_norm) and not len(b.after_embed))
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Video embedding, (B, embed_dim)."""
+        if self.video_encoder is not None:
+            self._check(video)
+            return self.video_encoder(video, self)
         return self.readout(self.backbone_features(video))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,22 @@ def test_a_decoder_reads_chosen_layers_and_the_backbone_runs_without_autograd():
         model.set_decoder(LastTwoCls())
 
 
+def test_a_video_encoder_replaces_the_whole_encoding():
+    class TwoPaths(torch.nn.Module):
+        out_dim = 64
+
+        def forward(self, video, model):
+            b, _, t = video.shape[:3]
+            frames = video.transpose(1, 2).flatten(0, 1)
+            full, _ = model.backbone.forward_tokens(frames, model.backbone.context(t, tag="full"))
+            half, _ = model.backbone.forward_tokens(frames[::2], model.backbone.context(t // 2, tag="half"))
+            return full[:, 0].reshape(b, t, -1).mean(1) + half[:, 0].reshape(b, t // 2, -1).mean(1)
+
+    model = _build("tiny-vit", "frozen")
+    model.set_video_encoder(TwoPaths())
+    assert model(tiny_video()).shape == (2, 5) and not model.cacheable()
+
+
 def test_tower_parameters_a_method_trains_get_the_new_modules_learning_rate():
     from adaptvid.train.schedule import parameter_groups
 

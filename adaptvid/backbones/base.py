@@ -83,6 +83,7 @@ class FrameContext:
     num_frames: int
     grid: tuple[int, int]
     num_prefix_tokens: int
+    tag: str = ""   # set by a method that runs the tower on other inputs (e.g. DualPath's temporal path)
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         """(B*T, L, D) -> (B, T, L, D)."""
@@ -243,8 +244,8 @@ class Backbone(nn.Module):
         side = self.image_size // self.patch_size
         return (side, side)
 
-    def context(self, num_frames: int) -> FrameContext:
-        return FrameContext(num_frames=num_frames, grid=self.grid, num_prefix_tokens=self.num_prefix_tokens)
+    def context(self, num_frames: int, tag: str = "") -> FrameContext:
+        return FrameContext(num_frames=num_frames, grid=self.grid, num_prefix_tokens=self.num_prefix_tokens, tag=tag)
 
     def forward_tokens(
         self,
