@@ -138,3 +138,21 @@ def test_final_norms_are_the_ones_the_head_applies(name):
         for norm in backbone.final_norms():
             torch.nn.init.normal_(norm.weight)
         assert not torch.allclose(backbone.head(cls, project=False), before)
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_a_deep_copy_runs_its_own_modules(name):
+    import copy
+
+    from adaptvid import build_model
+
+    model = build_model(name, "st-adapter", num_classes=2, num_frames=2, bottleneck=8).eval()
+    twin = copy.deepcopy(model)
+    assert twin.backbone.views[0].block is not model.backbone.views[0].block
+    assert twin.backbone.views[0].block is twin.backbone.tower.get_submodule(
+        next(n for n, m in twin.backbone.tower.named_modules() if m is twin.backbone.views[0].block))
+    for p in twin.backbone.tower.parameters():
+        p.data.zero_()
+    video = torch.randn(1, 3, 2, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(twin.encode_video(video), model.encode_video(video))

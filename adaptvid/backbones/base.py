@@ -231,6 +231,14 @@ class Backbone(nn.Module):
                 self.slots = nn.ModuleList(Slot() for _ in self._views)
         return self._views
 
+    def __getstate__(self) -> dict:
+        # The cached views hold closures over this instance's modules: a copy (deepcopy, pickle)
+        # must rebuild its own from its own modules, keeping its slots.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_views"] = None
+        return state
+
     def refresh_views(self) -> None:
         """Re-read the handles after a method replaced library modules (e.g. LoRA merge); slots are kept."""
         self._views = None
