@@ -112,6 +112,19 @@ def test_gradients_only_in_lora_and_head_and_frozen_weights_stay_bit_identical(b
             assert torch.equal(p, value), f"frozen {name} changed"
 
 
+@pytest.mark.parametrize("backbone", ["tiny-clip", "tiny-vit"])
+def test_lora_trains_at_the_new_modules_learning_rate(backbone):
+    from adaptvid.train.schedule import parameter_groups
+
+    model = _build(backbone)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = parameter_groups(model, lr=1.0, backbone_lr=0.1, weight_decay=0.05)
+    assert {names[id(p)] for g in groups if g["lr"] == 1.0 for p in g["params"]} == {
+        n for n, p in model.named_parameters() if p.requires_grad}
+    adaptvid.merge(model)
+    assert not any(id(p) in model.new_lr_parameters for p in model.parameters())
+
+
 def test_open_clip_attention_update_is_w_plus_scaled_ba():
     """The open_clip attention sees W + (alpha/r) B A on in_proj and on out_proj, each once."""
     model = _build("tiny-clip", rank=4, alpha=8.0)
@@ -263,6 +276,15 @@ def test_options_are_checked():
         _build("tiny-vit", lora_layers="first:2")
     with pytest.raises(ValueError, match="outside a 2-block tower"):
         _build("tiny-vit", lora_layers="5")
+
+
+def test_cli_help_renders_the_lora_options(capsys):
+    from adaptvid.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse formats help with %: a stray % breaks every --help
+        main(["adapt", "--help"])
+    assert exit_info.value.code == 0
+    assert "--lora-layers" in capsys.readouterr().out
 
 
 def test_vit_b16_default_parameter_count():

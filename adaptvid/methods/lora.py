@@ -47,7 +47,7 @@ ADAPTER = "lora"   # peft adapter name: LoRA tensors are ``<module>.lora_A.lora.
 class LoRAConfig:
     rank: int = field(default=8, metadata={
         "help": "rank r of each update (8: in Hu et al. ranks 1-64 on the attention perform alike; "
-                "8 trains 0.44M weights on CLIP ViT-B/16, 0.5% of the tower)"})
+                "8 trains 0.44M weights on CLIP ViT-B/16, about 1/200 of its tower)"})
     alpha: float = field(default=16.0, metadata={"help": "scale numerator: the update is (alpha / rank) B A"})
     lora_dropout: float = field(default=0.0, metadata={
         "help": "dropout on the LoRA branch input (linear layers; not applied to open_clip's fused attention)"})
@@ -209,6 +209,11 @@ def _is_lora(name: str) -> bool:
     return f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name
 
 
+def _lora_factors(tower: nn.Module) -> list[nn.Module]:
+    """Every LoRA layer's A and B containers (nested ones included), i.e. the trainable LoRA tensors."""
+    return [module for name, module in tower.named_modules() if name.rpartition(".")[2] in ("lora_A", "lora_B")]
+
+
 def lora_modules(model) -> dict[str, nn.Module]:
     """The tower's LoRA layers by module name; outermost only (open_clip's out_proj one sits in its attention's)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -233,6 +238,9 @@ def merge_lora(model, config: LoRAConfig = None) -> None:
     layers = lora_modules(model)
     if not layers:
         raise ValueError("lora: nothing to merge (no LoRA layers in the backbone's tower)")
+    trained = getattr(model, "new_lr_parameters", None)
+    if trained is not None:  # the LoRA tensors leave the model
+        trained.difference_update(id(p) for module in _lora_factors(tower) for p in module.parameters())
     with torch.no_grad():
         for name, layer in layers.items():
             layer.merge(safe_merge=True)    # raises on non-finite merged weights
@@ -271,15 +279,15 @@ def apply_lora(model, config: LoRAConfig) -> None:
     inject_adapter_in_model(peft_config, tower, adapter_name=ADAPTER)
     if hasattr(tower, "peft_config"):  # peft's bookkeeping; the tower stays an ordinary module
         del tower.peft_config
-    # peft freezes everything but its adapters: the LoRA tensors train, and the tower's own weights
-    # keep what the earlier methods chose for them (e.g. a method that trains the final norm).
+    # peft freezes everything but its adapters: the tower's own weights keep what the earlier methods
+    # chose for them (e.g. a method that trains the final norm), and the LoRA tensors train.
     for name, p in tower.named_parameters():
-        if _is_lora(name):
-            p.requires_grad_(True)
-        elif _plain_name(name) in before:
+        if not _is_lora(name):
+            if _plain_name(name) not in before:
+                raise RuntimeError(f"lora: peft added an unexpected parameter {name!r} to the tower")
             p.requires_grad_(before[_plain_name(name)])
-        else:
-            raise RuntimeError(f"lora: peft added an unexpected parameter {name!r} to the tower")
+    # They sit inside the tower but are new modules: trained at the new modules' learning rate, not backbone_lr.
+    model.train_tower_parameters(*_lora_factors(tower))
     # The views keep their handles: their attention and MLP calls go through the (now wrapped) modules
     # by attribute. They are not re-read here: open_clip's views do not recognise a wrapped
     # nn.MultiheadAttention (backbone.refresh_views() before merging fails on open_clip towers).
