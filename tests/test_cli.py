@@ -148,3 +148,19 @@ def test_folder_per_class_tree_trains_and_evaluates(demo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--data", str(demo / "val"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_videos"] == 12
+
+
+def test_merge_command_folds_zeroi2v_and_keeps_the_predictions(demo, tmp_path, capsys):
+    trained, merged = tmp_path / "trained", tmp_path / "merged"
+    assert main(["adapt", "--demo", "--demo-dir", str(demo), "--method", "zeroi2v", "--output", str(trained),
+                 *FAST[:-2]]) == 0
+    assert main(["merge", "--checkpoint", str(trained), "--output", str(merged)]) == 0
+    assert "merged zeroi2v" in capsys.readouterr().out
+    assert json.loads((merged / "adaptvid.json").read_text())["merged"] == ["zeroi2v"]
+    results = []
+    for checkpoint in (trained, merged):
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(demo / "val.txt"), "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["top5"] == results[1]["top5"]
+    assert main(["merge", "--checkpoint", str(trained), "--output", str(merged)]) == 2  # never overwrites
+    assert main(["merge", "--checkpoint", str(merged), "--output", str(tmp_path / "again")]) == 2  # nothing left
