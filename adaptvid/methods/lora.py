@@ -268,8 +268,8 @@ def apply_lora(model, config: LoRAConfig) -> None:
         raise ValueError("lora: the backbone's tower already holds peft LoRA layers")
     targets = _target_names(backbone, config)
     if config.lora_dropout and backbone.library == "open_clip":
-        logger.warning("lora: lora_dropout=%s applies to the MLP linears only; open_clip's fused attention "
-                       "update is added to its weights, where dropout cannot act", config.lora_dropout)
+        logger.warning("lora: lora_dropout=%s does not act on open_clip's attention (its update is added to the "
+                       "weights); only on the MLP linears, with targets='attn+mlp'", config.lora_dropout)
     peft_config = LoraConfig(
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout, target_modules=targets,
         bias="none", init_lora_weights=True,   # A Kaiming-uniform, B zero: the update starts at zero
