@@ -143,6 +143,9 @@ def test_open_clip_attention_update_is_w_plus_scaled_ba():
         reference.in_proj_bias.copy_(mha.in_proj_bias)
         reference.out_proj.weight.copy_(out.base_layer.weight + delta(out))
         reference.out_proj.bias.copy_(out.base_layer.bias)
+    w_in, w_out = layer.adapted_weights()
+    torch.testing.assert_close(w_in, reference.in_proj_weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(w_out, reference.out_proj.weight, rtol=0, atol=1e-6)
     x = torch.randn(3, 17, 64)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):

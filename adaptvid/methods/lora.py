@@ -121,19 +121,30 @@ def _mha_lora_class():
     from peft.tuners.tuners_utils import check_adapters_to_merge
 
     class _MultiheadAttentionLoRA(MultiheadAttention):
-        def forward(self, query: torch.Tensor, *args, **kwargs):
-            adapters = [a for a in self.active_adapters if a in self.lora_A]
-            if self.disable_adapters or self.merged or not adapters:
-                return super().forward(query, *args, **kwargs)
-            self._check_forward_args(query, *args, **kwargs)
+        def _active(self) -> list[str]:
+            if self.disable_adapters or self.merged:
+                return []
+            return [a for a in self.active_adapters if a in self.lora_A]
+
+        def adapted_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+            """(in_proj_weight, out_proj.weight) as the attention uses them: W + (alpha/r) B A when active.
+
+            For callers that read the projections directly (adaptvid's ``view.qkv`` / ``view.attn_out``)."""
             base = self.get_base_layer()            # the library's nn.MultiheadAttention
             out_proj = base.out_proj                # peft's Linear around the library's out_proj
             w_in, w_out = base.in_proj_weight, out_proj.get_base_layer().weight
-            for adapter in adapters:
+            for adapter in self._active():
                 w_in = w_in + self.get_delta_weight(adapter).to(w_in.dtype)
                 w_out = w_out + out_proj.get_delta_weight(adapter).to(w_out.dtype)
+            return w_in, w_out
+
+        def forward(self, query: torch.Tensor, *args, **kwargs):
+            if not self._active():
+                return super().forward(query, *args, **kwargs)
+            self._check_forward_args(query, *args, **kwargs)
+            w_in, w_out = self.adapted_weights()
             swapped = {"in_proj_weight": w_in, "out_proj.base_layer.weight": w_out}
-            return torch.func.functional_call(base, swapped, (query, *args), kwargs)
+            return torch.func.functional_call(self.get_base_layer(), swapped, (query, *args), kwargs)
 
         def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
             base = self.get_base_layer()
