@@ -324,3 +324,26 @@ def test_recipe_runs_a_smoke_step_on_a_tiny_backbone(demo, tmp_path):
     assert config["methods"] == [{"name": "lora", "config": {"rank": 8, "alpha": 16.0, "lora_dropout": 0.0,
                                                              "targets": "attn", "lora_layers": "all"}}]
     assert lora_modules(load_model(out))
+
+
+def test_views_rebuilt_after_lora_see_the_adapted_attention_on_open_clip():
+    import copy
+
+    from adaptvid.backbones import attention
+
+    model = build_model("tiny-clip", "st-adapter,lora", num_classes=2, num_frames=2, bottleneck=8).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    twin = copy.deepcopy(model)  # rebuilds its views through the peft wrapper
+    video = torch.randn(1, 3, 2, 64, 64)
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.encode_video(video), model.encode_video(video))
+        for view in twin.backbone.views:
+            xn = view.norm1(x)
+            through_handles = view.attn_out(attention(*view.qkv(xn)))
+            torch.testing.assert_close(through_handles, view.attn(xn), rtol=1e-4, atol=1e-4)
+            base = view.attn_module.get_base_layer()
+            plain, _ = torch.nn.MultiheadAttention.forward(base, xn, xn, xn, need_weights=False)
+            assert (plain - through_handles).abs().max() > 1e-2  # the handles do see the LoRA update

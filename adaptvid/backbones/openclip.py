@@ -74,16 +74,21 @@ class OpenClipBackbone(Backbone):
     @staticmethod
     def _view(block: nn.Module) -> BlockView:
         qkv = attn_out = None
-        if isinstance(block.attn, nn.MultiheadAttention):
+        # A method may wrap the attention (LoRA through peft): look through to the library's module.
+        base = block.attn.get_base_layer() if hasattr(block.attn, "get_base_layer") else block.attn
+        if isinstance(base, nn.MultiheadAttention):
             def attn(x, block=block):
                 return block.attention(q_x=x)
 
-            def qkv(x, m=block.attn):
-                q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
-                return split_heads(q, m.num_heads), split_heads(k, m.num_heads), split_heads(v, m.num_heads)
+            def qkv(x, m=block.attn, base=base):
+                # A wrapper that changes the projections says how (adapted_weights); else the plain weights.
+                weight = m.adapted_weights()[0] if hasattr(m, "adapted_weights") else base.in_proj_weight
+                q, k, v = F.linear(x, weight, base.in_proj_bias).chunk(3, dim=-1)
+                h = base.num_heads
+                return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 
-            def attn_out(o, m=block.attn):
-                return m.out_proj(merge_heads(o))
+            def attn_out(o, base=base):
+                return base.out_proj(merge_heads(o))
         else:  # CustomResidualAttentionBlock: open_clip's own Attention + optional ln_attn
             def attn(x, block=block):  # (cosine attention / head scales: no qkv handles offered)
                 return block.ln_attn(block.attn(x))
@@ -99,5 +104,5 @@ class OpenClipBackbone(Backbone):
             forward=block,
             qkv=qkv,
             attn_out=attn_out,
-            num_heads=block.attn.num_heads,
+            num_heads=base.num_heads,
         )
