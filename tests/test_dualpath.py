@@ -318,10 +318,11 @@ def test_recipe_is_complete():
     assert frames == paper["frames"] and frames % config.grid ** 2 == 0 and frames >= config.spatial_frames
 
 
-def test_recipe_runs_on_the_tiny_backbone(tmp_demo, tmp_path):
+@pytest.mark.parametrize("name", [RECIPE, "dualpath/demo-tiny"])
+def test_recipe_runs_on_the_tiny_backbone(name, tmp_demo, tmp_path):
     from adaptvid.cli import main
 
-    assert main(["adapt", "--recipe", RECIPE, "--demo", "--demo-dir", str(tmp_demo), "--output", str(tmp_path / "o"),
+    assert main(["adapt", "--recipe", name, "--demo", "--demo-dir", str(tmp_demo), "--output", str(tmp_path / "o"),
                  "--set", "backbone=tiny-clip", "--set", "weights=null", "--set", "train.precision=no",
                  "--set", "train.batch_size=4", "--epochs", "1", "--num-workers", "0", "--no-progress"]) == 0
     assert (tmp_path / "o" / "adapter.safetensors").exists()
