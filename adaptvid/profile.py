@@ -33,30 +33,30 @@ def bare_backbone(model: VideoModel):
     An emptied slot makes ``run_block`` call the library's own block, so this is
     exactly the unmodified tower; the pooled readout and head stay as the method
     set them, so a method that only changes the readout costs exactly the bare tower.
-    A video decoder (``model.decoder``, EVL-style) is a method module too: it is
-    taken out with the head sized for it, leaving the pooled readout. Layers that
-    peft injected into the tower itself (LoRA) are switched to their base layer.
+    A video decoder (``model.decoder``, EVL-style) or video encoder (DualPath, DiST)
+    is a method module too: it is taken out with the head sized for it, leaving the
+    pooled readout. Layers that peft injected into the tower itself (LoRA) are
+    switched to their base layer.
     """
     backbone = model.backbone
     stash = [{p: getattr(slot, p) for p in HOOK_POINTS} for slot in backbone.slots]
-    after_embed = backbone.after_embed
-    decoder, head = getattr(model, "decoder", None), model.head
+    after_embed, before_pre_norm = backbone.after_embed, backbone.before_pre_norm
+    decoder, encoder, head = model.decoder, model.video_encoder, model.head
     try:
         for slot in backbone.slots:
             for point in HOOK_POINTS:
                 setattr(slot, point, nn.ModuleDict())
-        backbone.after_embed = nn.ModuleDict()
-        if decoder is not None:
-            model.decoder, model.head = None, None
+        backbone.after_embed, backbone.before_pre_norm = nn.ModuleDict(), nn.ModuleDict()
+        if decoder is not None or encoder is not None:
+            model.decoder, model.video_encoder, model.head = None, None, None
         with _peft_layers_disabled(backbone.tower):
             yield model
     finally:
         for slot, saved in zip(backbone.slots, stash):
             for point, modules in saved.items():
                 setattr(slot, point, modules)
-        backbone.after_embed = after_embed
-        if decoder is not None:
-            model.decoder, model.head = decoder, head
+        backbone.after_embed, backbone.before_pre_norm = after_embed, before_pre_norm
+        model.decoder, model.video_encoder, model.head = decoder, encoder, head
 
 
 @contextlib.contextmanager
@@ -180,8 +180,11 @@ def profile_model(model: VideoModel, num_frames: Optional[int] = None, views: tu
     head_trainable = count_parameters(model.head)[0] if model.head is not None else 0
 
     flops = count_flops(model, clip)
+    # The reference is the image model on the clip's frames; a video encoder that feeds the tower
+    # fewer frames than the clip holds (DiST's sparse frames, DualPath's spatial path) says how many.
+    reference = getattr(model.video_encoder, "reference_frames", None) or frames
     with bare_backbone(model):
-        bare = count_flops(model, clip)
+        bare = count_flops(model, clip[:, :, :reference])
 
     # A model moved to the meta device (model.to("meta")) is counted without computing anything,
     # which is how big towers are profiled in a second; meta tensors hold no memory to measure.
@@ -206,6 +209,7 @@ def profile_model(model: VideoModel, num_frames: Optional[int] = None, views: tu
         "gflops_per_view": per_view,
         "gflops_total": per_view * clips * crops,
         "gflops_bare_per_view": bare / 1e9,
+        "bare_frames": reference,
         "flops_ratio": flops / bare,
         "activation_bytes": activation,
         "activation_bytes_full": activation_full,

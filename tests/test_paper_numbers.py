@@ -31,3 +31,12 @@ def test_merged_zeroi2v_costs_exactly_the_image_model():
     adaptvid.merge(model)
     result = profile_model(model.to("meta"))
     assert abs(result["flops_ratio"] - 1.0) < 1e-3, result["flops_ratio"]
+
+
+@pytest.mark.parametrize("method,frames,low,high", [("dist", 16, 1.05, 1.2), ("dualpath", 32, 1.2, 1.5)])
+def test_video_encoders_are_compared_with_the_image_model_on_their_sparse_frames(method, frames, low, high):
+    model = adaptvid.build_model("clip", method, num_classes=400, weights="random", num_frames=frames).to("meta")
+    result = profile_model(model)
+    assert result["bare_frames"] == 8
+    assert abs(result["gflops_bare_per_view"] - 281.015) / 281.015 < 0.005
+    assert low < result["flops_ratio"] < high, result["flops_ratio"]

@@ -233,4 +233,6 @@ def apply_dist(model, config: DiSTConfig) -> None:
     if model.num_frames % config.frame_ratio:
         raise ValueError(f"dist takes clips of {config.frame_ratio}T frames; build the model with num_frames a "
                          f"multiple of {config.frame_ratio} (e.g. 16 for the paper's 8+16f), got {model.num_frames}")
-    model.set_video_encoder(DiSTEncoder(backbone.width, backbone.patch_size, backbone.depth, backbone.grid, config))
+    encoder = DiSTEncoder(backbone.width, backbone.patch_size, backbone.depth, backbone.grid, config)
+    encoder.reference_frames = max(1, model.num_frames // config.frame_ratio)  # the image model sees T frames
+    model.set_video_encoder(encoder)

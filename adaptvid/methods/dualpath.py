@@ -329,5 +329,7 @@ def apply_dualpath(model, config: DualPathConfig) -> None:
     if config.temporal_embedding:
         backbone.before_pre_norm["dualpath"] = FramesetEmbedding(frames, config.grid, width)
     feature_dim = backbone.embed_dim if config.projection else backbone.width
-    model.set_video_encoder(DualPathEncoder(feature_dim, config.spatial_frames, config.grid, config.projection))
+    encoder = DualPathEncoder(feature_dim, config.spatial_frames, config.grid, config.projection)
+    encoder.reference_frames = config.spatial_frames  # FLOPs reference: the image model on the spatial frames
+    model.set_video_encoder(encoder)
     model.set_readout("embed-mean", project=config.projection)   # recorded with checkpoints; the head stays E wide
