@@ -8,7 +8,7 @@ import torch
 import adaptvid
 from conftest import TINY_BACKBONES
 
-SMALL = {"st-adapter": {"bottleneck": 16}}
+SMALL = {"st-adapter": {"bottleneck": 16}, "dualpath": {"spatial_frames": 2, "grid": 2}}
 FRAMES = 4
 
 
