@@ -75,7 +75,8 @@ def _autocast(device: torch.device, precision: str):
 def inference_step(model, clip, precision):
     def step():
         with torch.no_grad(), _autocast(clip.device, precision):
-            model(clip)
+            # The bare reference of a decoder / video-encoder method has no head (it was sized for them).
+            model(clip) if model.head is not None else model.encode_video(clip)
     return step
 
 
