@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
-from adaptvid import build_model, get_method  # noqa: E402
+from adaptvid import build_model, get_method, merge  # noqa: E402
 from adaptvid.profile import bare_backbone, countable_attention, profile_model  # noqa: E402
 from adaptvid.recipes import parse_value  # noqa: E402
 
@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="clip", help="backbone name (default clip, i.e. CLIP ViT-B/16)")
     p.add_argument("--weights", default="random", help="'random' (default: nothing downloaded) or a local file")
-    p.add_argument("--methods", default="frozen,full,st-adapter", help="comma-separated method names")
+    p.add_argument("--methods", default="frozen,full,st-adapter",
+                   help="comma-separated method names; NAME+merged for a mergeable method folded into the weights")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. bottleneck=16; given to each method that has it (repeatable)")
     p.add_argument("--frames", type=int, default=8)
@@ -131,8 +132,12 @@ def main(argv=None) -> int:
     options = dict(option.split("=", 1) for option in args.option)
     rows = []
     for method in methods:
-        model = build_model(args.backbone, method, args.num_classes, weights=args.weights,
-                            num_frames=args.frames, **options_for(method, options)).to(device)
+        # "zeroi2v+merged": the method folded into the frozen weights (adaptvid.merge), as deployed.
+        name, merged = method.removesuffix("+merged"), method.endswith("+merged")
+        model = build_model(args.backbone, name, args.num_classes, weights=args.weights,
+                            num_frames=args.frames, **options_for(name, options)).to(device)
+        if merged:
+            merge(model)
         size = model.backbone.preprocess.image_size
         clip = torch.randn(args.batch, 3, args.frames, size, size, device=device)
         labels = torch.zeros(args.batch, dtype=torch.long, device=device)
