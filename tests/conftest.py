@@ -25,3 +25,23 @@ def _seed():
 
 def tiny_video(batch: int = 2, frames: int = 4, size: int = 64) -> torch.Tensor:
     return torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def check_one_training_step(model, video, labels, all_trainable_move: bool = True) -> None:
+    """Backward + one AdamW step: every trainable tensor gets a non-zero gradient (and, with
+    ``all_trainable_move``, changes); no frozen tensor gets a gradient or changes."""
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.nn.functional.cross_entropy(model(video), labels).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} is trainable but got no gradient"
+        else:
+            assert p.grad is None, f"{name} is frozen but got a gradient"
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), f"frozen {name} changed"
+        elif all_trainable_move:
+            assert not torch.equal(p, trainable_before[name]), f"trainable {name} did not move"
