@@ -48,7 +48,7 @@ def model_config(model, class_names: Optional[list[str]] = None) -> dict:
         "weights": getattr(model, "weights", None),
         "num_frames": model.num_frames,
         "num_classes": model.num_classes,
-        "class_names": list(class_names) if class_names is not None else None,
+        "class_names": _names(class_names if class_names is not None else getattr(model, "class_names", None)),
         "pool": model.pool,
         "project": model.project,
         "head_dropout": model.dropout.p,
@@ -56,6 +56,10 @@ def model_config(model, class_names: Optional[list[str]] = None) -> dict:
         "merged": list(getattr(model, "merged_methods", [])),
         "preprocess": dataclasses.asdict(model.backbone.preprocess),
     }
+
+
+def _names(class_names) -> Optional[list[str]]:
+    return list(class_names) if class_names is not None else None
 
 
 def save_adapter(model, directory, class_names=None, extra: Optional[dict] = None) -> Path:
@@ -116,7 +120,7 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
     specs = [get_method(m["name"]) for m in config["methods"]]
     configs = [(spec, config_from_dict(spec, m["config"])) for spec, m in zip(specs, config["methods"])]
     model = assemble_model(
-        config["backbone"], configs, config["num_classes"],
+        config["backbone"], configs, config["num_classes"], class_names=config.get("class_names"),
         weights=weights if weights is not None else config.get("weights"),
         num_frames=config["num_frames"], pool=config["pool"], project=config.get("project", True), head_dropout=config.get("head_dropout", 0.0),
     )

@@ -284,7 +284,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     val_samples = load_samples(data["val"], data.get("root"), class_names)[0] if data.get("val") else None
     num_classes = len(class_names) if class_names else max(s.label for s in train_samples) + 1
     model_cfg = settings.get("model", {})
-    model = build_model(settings["backbone"], settings["method"], num_classes, weights=settings.get("weights"),
+    model = build_model(settings["backbone"], settings["method"], num_classes, class_names=class_names,
+                        weights=settings.get("weights"),
                         num_frames=int(model_cfg.get("frames", 8)), head_dropout=float(model_cfg.get("head_dropout", 0.0)),
                         **settings.get("options", {}))
     train_set, val_set = _datasets(model, data, cfg, train_samples, val_samples)

@@ -43,6 +43,9 @@ class VideoModel(nn.Module):
         self._num_classes = num_classes
         self.decoder: Optional[nn.Module] = None
         self.video_encoder: Optional[nn.Module] = None
+        self.aggregator: Optional[nn.Module] = None   # (B, T, E) frame embeddings -> (B, E); None = mean
+        self.text: Optional[nn.Module] = None         # the CLIP text encoder, attached by use_text()
+        self.class_names: Optional[list[str]] = None
         self.from_features = False  # forward() takes backbone_features instead of video (feature-cache training)
         self.new_lr_parameters: set[int] = set()  # ids of tower parameters trained at the new modules' rate
         self.set_readout(pool, project)
@@ -82,6 +85,59 @@ class VideoModel(nn.Module):
         self.decoder = decoder
         self._build_head()
 
+    def set_aggregator(self, aggregator: nn.Module) -> None:
+        """Replace the mean over frame embeddings by ``aggregator((B, T, E)) -> (B, E)`` (a temporal
+        transformer: ActionCLIP, Text4Vis, Efficient-Prompt; a frame selector: ATP). The tower still runs
+        per frame, so training from cached features stays possible."""
+        if self.aggregator is not None:
+            raise ValueError("the model already has a temporal aggregator; two methods cannot both replace the mean")
+        self.aggregator = aggregator
+
+    # -- the text side -----------------------------------------------------------
+    def use_text(self):
+        """The backbone's CLIP text encoder as a (frozen) submodule ``model.text``, created on first use."""
+        if self.text is None:
+            from .text import make_text_encoder
+
+            self.text = make_text_encoder(self.backbone)
+        return self.text
+
+    def set_text_classifier(self, templates=("{}",), prompt: Optional[nn.Module] = None,
+                            fixed_logit_scale: Optional[float] = None, classifier_cls=None) -> None:
+        """Classify by cosine similarity with the class texts instead of a linear head (see TextClassifier)."""
+        from .text import TextClassifier
+
+        text = self.use_text()
+        if self.class_names is None:
+            raise ValueError("a text classifier needs the class names: build_model(..., class_names=[...]) "
+                             "or adaptvid adapt --classes FILE")
+        if self.embed_dim != text.embed_dim:
+            raise ValueError(f"the video embedding is {self.embed_dim} wide but the text embedding {text.embed_dim}: "
+                             "a text classifier needs the projected readout (project=True)")
+        self.head = (classifier_cls or TextClassifier)(text, self.class_names, templates, prompt=prompt,
+                                                       fixed_logit_scale=fixed_logit_scale)
+
+    def text_logits(self, video: torch.Tensor, texts=None, *, input_ids: Optional[torch.Tensor] = None,
+                    attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scaled cosine similarity of each video with each text, ``(B, len(texts))``.
+
+        ``texts``: a list of strings; or pre-tokenised ``input_ids`` (and ``attention_mask``), ``(N, L)``, for
+        backbones whose tokenizer is not available offline. Methods that make the text depend on the video
+        (X-CLIP's prompt generator) apply it here too.
+        """
+        from .text import TextClassifier, scaled_cosine
+
+        text = self.use_text()
+        if (texts is None) == (input_ids is None):
+            raise ValueError("pass either texts=[...] or input_ids=... (with attention_mask)")
+        if texts is not None:
+            input_ids, attention_mask = text.tokenize(texts)
+        embedding, aux = self._video_embedding(video)
+        text_embeddings = text(input_ids, attention_mask)
+        if isinstance(self.head, TextClassifier):
+            return self.head.logits(embedding, text_embeddings, aux)
+        return scaled_cosine(embedding, text_embeddings, text.logit_scale)
+
     def train_tower_parameters(self, *modules: nn.Module) -> None:
         """Unfreeze a few tower modules (e.g. the final norm) and train them at the new modules' learning
         rate, as the papers that train them do (not at the reduced ``backbone_lr`` of full fine-tuning)."""
@@ -103,6 +159,13 @@ class VideoModel(nn.Module):
         self._build_head()
 
     def _build_head(self) -> None:
+        from .text import TextClassifier
+
+        if isinstance(getattr(self, "head", None), TextClassifier):
+            if self.embed_dim != self.head.text.embed_dim:
+                raise ValueError(f"the new readout is {self.embed_dim} wide but the text classifier expects "
+                                 f"{self.head.text.embed_dim}")
+            return
         self.head = None
         if self._num_classes:
             self.head = nn.Linear(self.embed_dim, self._num_classes)
@@ -162,7 +225,8 @@ class VideoModel(nn.Module):
             layer_tokens = [features[:, i].flatten(0, 1) for i in range(features.shape[1])]
             return self.decoder(layer_tokens, self.backbone.context(t), self.backbone)
         if self.pool == "embed-mean":
-            return self.backbone.head(features, self.project).mean(dim=1)
+            frames = self.backbone.head(features, self.project)
+            return frames.mean(dim=1) if self.aggregator is None else self.aggregator(frames)
         return self.backbone.head(features.mean(dim=1), self.project)
 
     def cacheable(self) -> bool:
@@ -171,19 +235,26 @@ class VideoModel(nn.Module):
         return (self.video_encoder is None and not self._backbone_needs_grad() and all(slot.is_empty() for slot in b.slots)
                 and not len(b.before_pre_norm) and not len(b.after_embed))
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Video embedding, (B, embed_dim)."""
+    def _video_embedding(self, video: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(embedding, aux): a video encoder may return ``(embedding, aux)``, where aux is what its
+        classifier needs besides the embedding (X-CLIP's visual tokens for its prompt generator)."""
         if self.video_encoder is not None:
             self._check(video)
-            return self.video_encoder(video, self)
-        return self.readout(self.backbone_features(video))
+            out = self.video_encoder(video, self)
+            return out if isinstance(out, tuple) else (out, None)
+        return self.readout(self.backbone_features(video)), None
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Video embedding, (B, embed_dim)."""
+        return self._video_embedding(video)[0]
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Class logits. With ``from_features`` set, the input is ``backbone_features`` (cached training)."""
         if self.head is None:
             raise RuntimeError("this model was built without classes (num_classes=None): use encode_video")
-        embedding = self.readout(video) if self.from_features else self.encode_video(video)
-        return self.head(self.dropout(embedding))
+        embedding, aux = (self.readout(video), None) if self.from_features else self._video_embedding(video)
+        embedding = self.dropout(embedding)
+        return self.head(embedding) if aux is None else self.head(embedding, aux)
 
     def forward_views(self, views: torch.Tensor) -> torch.Tensor:
         """Multi-view testing: ``(B, V, C, T, H, W)`` -> softmax scores averaged over views, (B, classes)."""
@@ -204,6 +275,7 @@ def build_model(
     method: str | list[str] = "frozen",
     num_classes: Optional[int] = None,
     *,
+    class_names: Optional[list[str]] = None,
     weights: Optional[str] = None,
     num_frames: int = 8,
     pool: Optional[str] = None,
@@ -215,11 +287,12 @@ def build_model(
 
     The backbone starts fully frozen; each method's injector adds its modules
     and unfreezes what its paper trains. Options go to the methods that have a
-    field of that name (``adaptvid list`` shows them).
+    field of that name (``adaptvid list`` shows them). ``class_names`` (their count sets ``num_classes``)
+    are needed by methods that classify by text (ViFi-CLIP, prompt tuning, X-CLIP).
     """
     configs = make_configs(split_method_names(method), method_options)
-    return assemble_model(backbone, configs, num_classes, weights=weights, num_frames=num_frames,
-                          pool=pool, project=project, head_dropout=head_dropout)
+    return assemble_model(backbone, configs, num_classes, class_names=class_names, weights=weights,
+                          num_frames=num_frames, pool=pool, project=project, head_dropout=head_dropout)
 
 
 def assemble_model(
@@ -227,6 +300,7 @@ def assemble_model(
     configs: list,
     num_classes: Optional[int],
     *,
+    class_names: Optional[list[str]] = None,
     weights: Optional[str] = None,
     num_frames: int = 8,
     pool: Optional[str] = None,
@@ -234,9 +308,15 @@ def assemble_model(
     head_dropout: float = 0.0,
 ) -> VideoModel:
     """Build from already-made ``[(MethodSpec, config)]`` pairs (used by build_model and load_model)."""
+    if class_names is not None:
+        class_names = [str(name) for name in class_names]
+        if num_classes is not None and num_classes != len(class_names):
+            raise ValueError(f"num_classes={num_classes} but {len(class_names)} class names were given")
+        num_classes = len(class_names)
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
     bb.requires_grad_(False)
     model = VideoModel(bb, num_classes, num_frames=num_frames, head_dropout=head_dropout)
+    model.class_names = class_names
     model.weights = None if isinstance(backbone, Backbone) else _weights_record(weights)
     for spec, config in configs:
         spec.apply(model, config)

@@ -92,6 +92,10 @@ class FrameContext:
 
 # Where method modules sit in a block, in the order the block runs them:
 #   before_attn   m(x, ctx) -> x          on the residual stream, before norm1
+#   attn_tokens   m(x, ctx) -> (N, k, D)  extra tokens appended to the residual stream for this block's
+#                                         attention only (they go through norm1, are attended to, and are
+#                                         dropped after it): deep visual prompts (VPT), X-CLIP's message
+#                                         token, Vita-CLIP's video / frame / summary tokens
 #   attention     m(xn, ctx) -> h         replaces the self-attention on norm1(x) (one module at most)
 #   attn_branch   m(h, ctx) -> h          transforms the attention branch before its residual add
 #   before_mlp    m(x, ctx) -> x          on the residual stream, before norm2
@@ -99,7 +103,7 @@ class FrameContext:
 #   mlp_parallel  m(xn, ctx) -> delta     beside the MLP on norm2(x); added to the MLP's output
 #   mlp_out       m(h, ctx) -> h          transforms the MLP branch before its residual add
 #   after_block   m(x, ctx) -> x          on the residual stream, after the block
-HOOK_POINTS = ("before_attn", "attention", "attn_branch", "before_mlp", "mlp_in", "mlp_parallel", "mlp_out",
+HOOK_POINTS = ("before_attn", "attn_tokens", "attention", "attn_branch", "before_mlp", "mlp_in", "mlp_parallel", "mlp_out",
                "after_block")
 
 
@@ -138,7 +142,12 @@ def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext,
         return view.forward(x)
     for module in slot.before_attn.values():
         x = module(x, ctx)
-    xn = view.norm1(x)
+    length = x.shape[1]
+    if len(slot.attn_tokens):  # extra tokens are seen by this attention only; their outputs are dropped
+        x_attn = torch.cat([x] + [module(x, ctx) for module in slot.attn_tokens.values()], dim=1)
+        xn = view.norm1(x_attn)
+    else:
+        xn = view.norm1(x)
     if len(slot.attention):
         if capture_qk is not None:
             raise ValueError("cannot hand out attention q/k of a block whose attention a method replaces")
@@ -147,10 +156,11 @@ def run_block(view: BlockView, slot: Slot, x: torch.Tensor, ctx: FrameContext,
         if view.qkv is None:
             raise ValueError(f"block {type(view.block).__name__} offers no q/k/v handles to capture")
         q, k, v = view.qkv(xn)
-        capture_qk.append((q, k))
+        capture_qk.append((q[:, :, :length], k[:, :, :length]))
         h = view.attn_out(attention(q, k, v))
     else:
         h = view.attn(xn)
+    h = h[:, :length]
     for module in slot.attn_branch.values():
         h = module(h, ctx)
     x = x + view.residual1(h)

@@ -164,7 +164,9 @@ def tiny_hf_clip_config():
 
     common = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
     return CLIPConfig(
-        text_config=dict(vocab_size=1000, max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, **common),
+        # OpenAI CLIP's BPE vocabulary and ids, so open_clip's bundled tokenizer serves it offline
+        text_config=dict(vocab_size=49408, max_position_embeddings=77, pad_token_id=0, bos_token_id=49406,
+                         eos_token_id=49407, **common),
         vision_config=dict(image_size=64, patch_size=16, **common),
         projection_dim=32,
     )

@@ -32,6 +32,7 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
     claims: tuple[str, ...] = ()   # exclusive resources (e.g. "readout"); two methods may not share one
     merge: Optional[Callable[[Any, Any], None]] = None  # folds the method into the frozen weights, in place
+    needs_text: bool = False       # uses the CLIP text tower (class names -> text classifier)
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -48,11 +49,13 @@ def register_method(
     aliases: tuple[str, ...] = (),
     claims: tuple[str, ...] = (),
     merge: Optional[Callable[[Any, Any], None]] = None,
+    needs_text: bool = False,
 ):
     """Decorator registering ``apply(model, config)`` under ``name`` (and ``aliases``).
 
     ``merge(model, config)``, for methods that can be folded into the frozen
-    weights, does that in place and removes the method's modules.
+    weights, does that in place and removes the method's modules. ``needs_text`` marks methods that use
+    the CLIP text tower (they need a CLIP backbone and the class names).
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"method {name!r}: config_cls must be a dataclass")
@@ -62,7 +65,7 @@ def register_method(
             if key in _METHODS or key in _ALIASES:
                 raise ValueError(f"method name {key!r} is already registered")
         spec = MethodSpec(name, config_cls, apply, family, paper, help or (apply.__doc__ or "").strip().split("\n")[0],
-                          aliases, claims, merge)
+                          aliases, claims, merge, needs_text)
         _METHODS[name] = spec
         for alias in aliases:
             _ALIASES[alias] = name
