@@ -105,8 +105,17 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a list file")
-    p.add_argument("--checkpoint", required=True, help="folder written by adaptvid adapt / save_adapter")
+    p = sub.add_parser("eval", help="evaluate a checkpoint (or, zero-shot, a CLIP backbone) on a list file",
+                       description="Evaluate a trained checkpoint on its classes; with --zero-shot, score the videos "
+                                   "against the class names of --classes instead (a checkpoint trained on other "
+                                   "classes, or a plain CLIP backbone: the frozen zero-shot baseline).")
+    p.add_argument("--checkpoint", help="folder written by adaptvid adapt / save_adapter")
+    p.add_argument("--backbone", help="with --zero-shot and no --checkpoint: a CLIP backbone name (adaptvid list)")
+    p.add_argument("--zero-shot", action="store_true", help="classify by text against the names in --classes")
+    p.add_argument("--classes", help="class names file (one per line; labels in --data index it)")
+    p.add_argument("--templates", help="prompt templates file, one per line with {} for the class name "
+                                       "(default: the classifier's own, or adaptvid's default ensemble)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip for --backbone (default 8)")
     p.add_argument("--data", required=True, help="list file ('relative/path label' per line) or class-folder tree")
     p.add_argument("--data-root", help="folder the list paths are relative to")
     p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS, e.g. 4x3 (default 1x1)")
@@ -346,13 +355,34 @@ def _recorded_data(model) -> dict:
     return (getattr(model, "checkpoint_config", {}).get("extra") or {}).get("data", {})
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _eval_model(args: argparse.Namespace):
     from .checkpoint import load_model
+    from .data import read_class_names
+    from .text import DEFAULT_TEMPLATES, read_templates
+    from .zero_shot import set_classes, zero_shot_model
+
+    if not args.zero_shot:
+        if not args.checkpoint:
+            raise SystemExit("adaptvid eval: pass --checkpoint DIR (or --zero-shot --backbone NAME --classes FILE)")
+        return load_model(args.checkpoint, weights=args.weights)
+    if not args.classes:
+        raise SystemExit("adaptvid eval --zero-shot: pass --classes FILE with the class names the labels refer to")
+    if bool(args.checkpoint) == bool(args.backbone):
+        raise SystemExit("adaptvid eval --zero-shot: pass exactly one of --checkpoint DIR or --backbone NAME")
+    names = read_class_names(args.classes)
+    templates = read_templates(args.templates) if args.templates else None
+    if args.backbone:
+        return zero_shot_model(args.backbone, names, templates or DEFAULT_TEMPLATES, num_frames=args.frames,
+                               weights=args.weights)
+    return set_classes(load_model(args.checkpoint, weights=args.weights), names, templates)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from .data import parse_views
     from .train import evaluate
 
     parse_views(args.views)
-    model = load_model(args.checkpoint, weights=args.weights)
+    model = _eval_model(args)
     samples, _ = load_samples(args.data, args.data_root, model.class_names if Path(args.data).is_dir() else None)
     loader = _eval_loader(model, _recorded_data(model), samples, args.views, args.batch_size, args.num_workers)
     result = evaluate(model, loader)

@@ -63,6 +63,18 @@ class TextClassifier(nn.Module):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def set_class_names(self, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> None:
+        """Score another class set (zero-shot); learned modules (prompt learner, X-CLIP's generator) are kept."""
+        if self.prompt is not None and not getattr(self.prompt, "handles_new_classes", True):
+            raise ValueError(f"{type(self.prompt).__name__} learns one context per training class, so it cannot "
+                             "score other classes; use a shared-context prompt or plain templates")
+        if not class_names:
+            raise ValueError("no class names given")
+        self.class_names = [str(name) for name in class_names]
+        if templates is not None:
+            self.templates = check_templates(templates)
+        self._cache = None
+
     def logit_scale(self) -> torch.Tensor:
         if self.fixed_logit_scale is not None:
             return torch.tensor(float(self.fixed_logit_scale)).log()
