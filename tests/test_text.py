@@ -154,3 +154,14 @@ def test_attn_tokens_are_attended_to_and_dropped_after_the_attention():
     expected = x + block.attention(q_x=block.ln_1(with_extra))[:, :17]
     expected = expected + block.mlp(block.ln_2(expected))
     assert out.shape == x.shape and torch.allclose(out, expected, atol=1e-6)
+
+
+def test_a_fine_tuned_text_tower_trains_at_the_backbone_learning_rate():
+    from adaptvid.train.schedule import parameter_groups
+
+    model = _model("tiny-clip")
+    model.set_text_classifier()
+    model.text.requires_grad_(True)
+    groups = {id(p): g["name"] for g in parameter_groups(model, 1e-3, 1e-5, 0.05) for p in g["params"]}
+    assert {groups[id(p)] for p in model.text.parameters()} <= {"backbone", "backbone-no-decay"}
+    assert {groups[id(p)] for p in model.head.parameters()} <= {"new", "new-no-decay"}

@@ -17,11 +17,16 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> list[dict]:
-    """Four groups: {backbone tower, new modules} x {decayed, not decayed}.
+    """Four groups: {pretrained towers, new modules} x {decayed, not decayed}.
 
-    Biases, norm weights and embeddings (1-d or named *embedding*/*token*) get no weight decay.
+    The pretrained group holds the image tower and, when the model uses it, the CLIP text tower (both
+    fine-tuned at ``backbone_lr``). Biases, norm weights and embeddings (1-d or named *embedding*/*token*)
+    get no weight decay.
     """
-    tower = {id(p) for p in model.backbone.tower.parameters()} - getattr(model, "new_lr_parameters", set())
+    pretrained = list(model.backbone.tower.parameters())
+    if getattr(model, "text", None) is not None:
+        pretrained += list(model.text.parameters())
+    tower = {id(p) for p in pretrained} - getattr(model, "new_lr_parameters", set())
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
