@@ -32,3 +32,15 @@ def test_plain_pytorch_loop_learns_and_round_trips(tmp_path):
     assert "identical outputs: True" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "adaptvid.json"]
     assert "st-adapter" in (out / "adaptvid.json").read_text()
+
+
+def test_every_python_block_of_the_readme_runs(tmp_path):
+    """The README's Python examples are run as written (in a scratch folder: they write checkpoints)."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) >= 2
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for number, block in enumerate(blocks, start=1):
+        result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=240,
+                                env=env, cwd=tmp_path)
+        assert result.returncode == 0, f"README python block {number} failed:\n{block}\n{result.stderr[-2000:]}"
