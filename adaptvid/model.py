@@ -68,6 +68,10 @@ class VideoModel(nn.Module):
         """Choose the readout; (re)builds the linear head for the resulting embedding width."""
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        from .text import TextClassifier
+
+        if not project and isinstance(getattr(self, "head", None), TextClassifier):
+            project = True   # a text classifier (set by an earlier method) compares in CLIP's joint space
         self.pool, self.project = pool, project
         self._build_head()
 
