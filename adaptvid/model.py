@@ -48,6 +48,8 @@ class VideoModel(nn.Module):
         self.class_names: Optional[list[str]] = None
         self.from_features = False  # forward() takes backbone_features instead of video (feature-cache training)
         self.new_lr_parameters: set[int] = set()  # ids of tower parameters trained at the new modules' rate
+        # Training-time frame subsampling (Singularity): f(input, model) -> the input with fewer frames; eval sees all.
+        self.train_frame_selector: Optional[Any] = None
         self.set_readout(pool, project)
         self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
         backbone.views  # build the per-block slots now, so methods can fill them
@@ -256,6 +258,8 @@ class VideoModel(nn.Module):
         """Class logits. With ``from_features`` set, the input is ``backbone_features`` (cached training)."""
         if self.head is None:
             raise RuntimeError("this model was built without classes (num_classes=None): use encode_video")
+        if self.training and self.train_frame_selector is not None:
+            video = self.train_frame_selector(video, self)
         embedding, aux = (self.readout(video), None) if self.from_features else self._video_embedding(video)
         embedding = self.dropout(embedding)
         return self.head(embedding) if aux is None else self.head(embedding, aux)
