@@ -436,7 +436,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .profile import format_profile, profile_model
 
     views = parse_views(args.views)
-    model = build_model(args.backbone, args.method, args.num_classes, weights=args.weights,
+    from .methods.registry import get_method, split_method_names
+
+    # Text-classifying methods need class names; placeholders cost what real names of similar length would.
+    needs_text = any(get_method(name).needs_text for name in split_method_names(args.method))
+    names = [f"class {i}" for i in range(args.num_classes)] if needs_text else None
+    model = build_model(args.backbone, args.method, args.num_classes, class_names=names, weights=args.weights,
                         num_frames=args.frames, **_method_options(args))
     result = profile_model(model, num_frames=args.frames, views=views, batch=args.batch)
     print(json.dumps(result) if args.json else format_profile(result))

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbones.base import HOOK_POINTS
 from .model import VideoModel, count_parameters
+from .text import TextClassifier
 
 COUNTER = "torch FlopCounterMode, 2 FLOPs per MAC, attention counted"
 
@@ -177,8 +178,13 @@ def profile_model(model: VideoModel, num_frames: Optional[int] = None, views: tu
     param = next(model.parameters())
     clip = torch.randn(1, 3, frames, size, size, device=param.device, dtype=param.dtype)
     trainable, total = count_parameters(model)
-    head_trainable = count_parameters(model.head)[0] if model.head is not None else 0
+    # "Excl. head" leaves out a linear classifier; a text classifier has no class weights, and what it
+    # holds (a prompt learner, X-CLIP's prompt generator) are method modules, counted as such.
+    head_trainable = count_parameters(model.head)[0] if isinstance(model.head, nn.Linear) else 0
 
+    if isinstance(model.head, TextClassifier):
+        with torch.no_grad():   # the class texts are encoded once and cached, as at inference
+            model.head.class_embeddings()
     flops = count_flops(model, clip)
     # The reference is the image model on the clip's frames; a video encoder that feeds the tower
     # fewer frames than the clip holds (DiST's sparse frames, DualPath's spatial path) says how many.
