@@ -134,6 +134,11 @@ class TextPromptLearner(nn.Module):
         self.tokens = PromptTokens(text, self.class_names, n_ctx, position)
         self._other: dict[tuple[str, ...], PromptTokens] = {}   # names other than the training classes
 
+    @property
+    def handles_new_classes(self) -> bool:
+        """A shared context can score other class names (TextClassifier.set_class_names); CSC cannot."""
+        return not self.class_specific
+
     def extra_repr(self) -> str:
         return (f"n_ctx={self.n_ctx}, position={self.position!r}, class_specific={self.class_specific}, "
                 f"depth={self.depth}, classes={len(self.class_names)}")
