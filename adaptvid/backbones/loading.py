@@ -185,6 +185,14 @@ def _tiny_hf(name: str, weights: Optional[str]) -> Backbone:
     return HFClipBackbone(name, model)
 
 
+@_register("hf-xclip:", "a transformers XCLIPModel's CLIP towers: hf-xclip:<hub repo id or local folder>; with method "
+           "x-clip its message, MIT and prompt modules load too (adaptvid.load_xclip)", prefix=True)
+def _hf_xclip_any(name: str, weights: Optional[str]) -> Backbone:
+    from .hf_xclip import load_hf_xclip_backbone
+
+    return load_hf_xclip_backbone(name, name[len("hf-xclip:"):], weights)
+
+
 # -- timm -----------------------------------------------------------------------
 
 def _timm(name: str, model_name: str, weights: Optional[str], seeded: bool = False, **kwargs) -> Backbone:
