@@ -8,6 +8,7 @@ from .methods import get_method, list_methods, register_method  # noqa: E402
 from .merge import merge  # noqa: E402
 from .model import VideoModel, build_model, count_parameters  # noqa: E402
 from .zero_shot import set_classes, zero_shot_model  # noqa: E402
+from .xclip_hf import load_xclip  # noqa: E402
 
 __all__ = [
     "__version__", "BackboneLoadError", "VideoModel", "build_model", "count_parameters",
