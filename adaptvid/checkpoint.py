@@ -54,6 +54,7 @@ def model_config(model, class_names: Optional[list[str]] = None) -> dict:
         "head_dropout": model.dropout.p,
         "methods": [{"name": name, "config": dataclasses.asdict(cfg)} for name, cfg in model.methods],
         "merged": list(getattr(model, "merged_methods", [])),
+        "init_from": getattr(model, "init_from_path", None),  # frozen towers taken from that checkpoint
         "preprocess": dataclasses.asdict(model.backbone.preprocess),
     }
 
@@ -129,6 +130,10 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
             if name in config["merged"]:
                 get_method(name).merge(model, method_config)
         model.merged_methods = list(config["merged"])
+    if config.get("init_from"):  # the frozen towers came from another checkpoint (bridge and prompt): again
+        from .init_from import init_from
+
+        init_from(model, config["init_from"])
     load_trainable(model, directory, map_location)
     model.class_names = config.get("class_names")
     model.checkpoint_config = config

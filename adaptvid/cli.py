@@ -19,7 +19,7 @@ SETTING_FLAGS = {
     "weight_decay": "train.weight_decay", "warmup_epochs": "train.warmup_epochs", "grad_accum": "train.grad_accum",
     "clip_grad": "train.clip_grad", "precision": "train.precision", "seed": "train.seed",
     "num_workers": "train.num_workers", "views": "train.views", "eval_every": "train.eval_every",
-    "label_smoothing": "train.label_smoothing",
+    "label_smoothing": "train.label_smoothing", "init_from": "model.init_from",
 }
 DEFAULT_DEMO_DIR = "adaptvid_demo/data"
 
@@ -89,6 +89,9 @@ def _add_adapt(sub) -> None:
     p.add_argument("--cache-features", metavar="DIR",
                    help="frozen-backbone methods only: run the backbone once, store its outputs in DIR, "
                         "train every epoch from them (the first pass's augmentation is reused)")
+    p.add_argument("--init-from", metavar="CHECKPOINT_DIR",
+                   help="load the image- and text-tower tensors of a checkpoint that fine-tuned them (e.g. vifi-clip's) "
+                        "into this model's towers before training (ViFi-CLIP's bridge and prompt)")
     _add_method_options(p)
 
 
@@ -150,6 +153,49 @@ def _add_profile(sub) -> None:
     _add_method_options(p)
 
 
+def _add_split(sub) -> None:
+    p = sub.add_parser("split", help="evaluation-protocol splits: few-shot lists, base/novel class halves")
+    kinds = p.add_subparsers(dest="split_kind", required=True)
+    f = kinds.add_parser("few-shot", help="exactly K videos per class, chosen by a seed")
+    f.add_argument("--list", required=True, dest="list_file", help="the full training list ('path label' per line)")
+    f.add_argument("--shots", type=int, required=True, help="videos per class (the protocol: 2, 4, 8, 16)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--output", required=True, help="the list file to write")
+    f.add_argument("--classes", help="class-names file: name classes in errors, and require every class present")
+    f.add_argument("--allow-fewer", action="store_true", help="keep all videos of a class with fewer than K")
+    b = kinds.add_parser("base-novel", help="split the classes into base and novel halves (ViFi-CLIP protocol)")
+    b.add_argument("--classes", required=True, help="class-names file, one per line in label order")
+    b.add_argument("--output-dir", required=True)
+    b.add_argument("--list", nargs="*", default=[], dest="list_files", metavar="LIST",
+                   help="list files to split too (the first is the training list), e.g. train.txt val.txt")
+    b.add_argument("--order", choices=["index", "frequency", "random"], default="index",
+                   help="base = first half by index (default), the most frequent classes of the training list, "
+                        "or a seeded shuffle")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--shots", type=int, help="also write a K-shot base training list (the protocol: 16)")
+    b.add_argument("--allow-fewer", action="store_true", help="with --shots: keep all videos of a class with fewer")
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from . import protocols
+
+    if args.split_kind == "few-shot":
+        names = None
+        if args.classes:
+            from .data import read_class_names
+
+            names = read_class_names(args.classes)
+        chosen = protocols.few_shot(protocols.read_list_entries(args.list_file), args.shots, args.seed,
+                                    args.allow_fewer, names)
+        protocols.write_list(chosen, args.output)
+        print(f"{len(chosen)} videos ({args.shots} per class, seed {args.seed}) -> {args.output}")
+        return 0
+    written = protocols.base_novel_split(args.classes, args.output_dir, args.list_files, args.order, args.seed,
+                                         args.shots, args.allow_fewer)
+    print(json.dumps(written, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -170,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default=DEFAULT_DEMO_DIR)
     p.add_argument("--seed", type=int, default=0)
     sub.add_parser("list", help="backbones and methods")
+    _add_split(sub)
     p = sub.add_parser("recipes", help="list or show recipes")
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("name", nargs="?")
@@ -297,6 +344,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                         weights=settings.get("weights"),
                         num_frames=int(model_cfg.get("frames", 8)), head_dropout=float(model_cfg.get("head_dropout", 0.0)),
                         **settings.get("options", {}))
+    if model_cfg.get("init_from"):
+        from .init_from import init_from
+
+        loaded = init_from(model, model_cfg["init_from"])
+        print(f"adaptvid: --init-from {model_cfg['init_from']}: loaded {loaded['loaded']} tower/text tensors, "
+              f"skipped {len(loaded['skipped'])}", file=sys.stderr)
     train_set, val_set = _datasets(model, data, cfg, train_samples, val_samples)
     if args.cache_features:
         train_set, val_set = _cached(model, train_set, val_set, args.cache_features, cfg)
@@ -500,7 +553,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"merge": cmd_merge, "adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes,
+COMMANDS = {"merge": cmd_merge, "adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes, "split": cmd_split,
             "profile": cmd_profile}
 
 
