@@ -50,4 +50,6 @@ class LayerPrompts(nn.Module):
         self.prompts = uniform_prompts(num_tokens, width, bound=bound)
 
     def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
-        return self.prompts.to(x.dtype).expand(x.shape[0], -1, -1)
+        # A copy, not an expanded view: a view of the parameter made under no_grad would claim
+        # requires_grad without a grad_fn, which module hooks (FLOP counting) reject.
+        return self.prompts.to(x.dtype).unsqueeze(0).repeat(x.shape[0], 1, 1)
