@@ -9,9 +9,10 @@ from .merge import merge  # noqa: E402
 from .model import VideoModel, build_model, count_parameters  # noqa: E402
 from .zero_shot import set_classes, zero_shot_model  # noqa: E402
 from .xclip_hf import load_xclip  # noqa: E402
+from .init_from import init_from  # noqa: E402
 
 __all__ = [
     "__version__", "BackboneLoadError", "VideoModel", "build_model", "count_parameters",
     "create_backbone", "get_method", "list_backbones", "list_methods", "load_model", "merge", "register_method",
-    "set_classes", "zero_shot_model",
+    "set_classes", "zero_shot_model", "init_from",
 ]
