@@ -95,6 +95,9 @@ def load_hf_xclip_backbone(name: str, source: str, weights: Optional[str]) -> HF
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer is not None and len(tokenizer) != model.config.text_config.vocab_size:
+        # transformers 5 builds an empty CLIPTokenizer from a folder without tokenizer files: not usable
+        tokenizer = None
     with contextlib.suppress(Exception):
         from transformers import AutoImageProcessor
 
