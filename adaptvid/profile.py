@@ -43,6 +43,7 @@ def bare_backbone(model: VideoModel):
     stash = [{p: getattr(slot, p) for p in HOOK_POINTS} for slot in backbone.slots]
     after_embed, before_pre_norm = backbone.after_embed, backbone.before_pre_norm
     decoder, encoder, head = model.decoder, model.video_encoder, model.head
+    aggregator = model.aggregator   # a temporal head over frame embeddings (set_aggregator) is a method module too
     try:
         for slot in backbone.slots:
             for point in HOOK_POINTS:
@@ -50,6 +51,7 @@ def bare_backbone(model: VideoModel):
         backbone.after_embed, backbone.before_pre_norm = nn.ModuleDict(), nn.ModuleDict()
         if decoder is not None or encoder is not None:
             model.decoder, model.video_encoder, model.head = None, None, None
+        model.aggregator = None       # the plain mean over frame embeddings
         with _peft_layers_disabled(backbone.tower):
             yield model
     finally:
@@ -58,6 +60,7 @@ def bare_backbone(model: VideoModel):
                 setattr(slot, point, modules)
         backbone.after_embed, backbone.before_pre_norm = after_embed, before_pre_norm
         model.decoder, model.video_encoder, model.head = decoder, encoder, head
+        model.aggregator = aggregator
 
 
 @contextlib.contextmanager
