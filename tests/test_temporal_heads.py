@@ -56,6 +56,16 @@ def test_efficient_prompt_counts_the_official_parameters_on_vit_b16():
     assert trainable == {"head", "aggregator"} and model.cacheable()
 
 
+def test_efficient_prompt_flops_overhead_matches_the_official_code():
+    from adaptvid.profile import profile_model
+
+    model = adaptvid.build_model("clip", "efficient-prompt", class_names=["a", "b"], num_frames=8,
+                                 weights="random").to("meta")
+    result = profile_model(model)
+    assert abs(result["gflops_bare_per_view"] - 281.015) / 281.015 < 0.005
+    assert abs(result["flops_ratio"] - 1.0002) < 1e-4, result["flops_ratio"]   # METHODS.md section 8 (class texts cached)
+
+
 @pytest.mark.parametrize("backbone", TEXT_BACKBONES)
 def test_efficient_prompt_uses_the_official_sequence_layout(backbone):
     model = _model(backbone, "efficient-prompt")
