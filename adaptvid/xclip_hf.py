@@ -93,6 +93,17 @@ def transfer_xclip_weights(model, xclip_model: nn.Module, messages: Sequence[dic
     if not isinstance(encoder, XClipVideoEncoder) or not isinstance(head, XClipClassifier):
         raise ValueError("transfer_xclip_weights needs a model built with method 'x-clip'")
     vision_eps, text_eps = config.vision_config.layer_norm_eps, config.text_config.layer_norm_eps
+    # Head counts leave no trace in the weights' shapes: check them, or the copied weights would compute else.
+    heads = {"mit_heads": ({b.self_attn.heads for b in encoder.mit.blocks}, config.vision_config.mit_num_attention_heads),
+             "vsp_heads": ({layer.cross_attn.heads for layer in head.prompts_generator.layers},
+                           config.prompt_num_attention_heads)}
+    for option, (ours, theirs) in heads.items():
+        if ours != {theirs}:
+            raise ValueError(f"x-clip: the checkpoint uses {theirs} heads where this model has {option}={min(ours)}; "
+                             f"pass {option}={theirs}, or build it with adaptvid.load_xclip (sized from the checkpoint)")
+    if messages is None:
+        raise ValueError("x-clip: this hf-xclip backbone already gave its message modules to a model; "
+                         "create a new backbone (or use adaptvid.load_xclip) for another model")
 
     slots = model.backbone.slots
     if len(messages) != len(slots):

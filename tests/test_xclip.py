@@ -251,3 +251,15 @@ def test_vit_b16_parameters_and_flops_match_the_official_code():
     # prompt projection (same result), which saves 7/8 of that projection: 1.0223
     assert abs(result["flops_ratio"] - 1.0223) < 0.002, result["flops_ratio"]
     assert abs(result["flops_ratio"] - 1.0261) < 0.02
+
+
+def test_building_x_clip_on_an_hf_xclip_backbone_checks_the_head_counts(saved_xclip):
+    name = f"hf-xclip:{saved_xclip[0]}"
+    with pytest.raises(ValueError, match="mit_heads=2"):
+        adaptvid.build_model(name, "x-clip", class_names=CLASSES, num_frames=FRAMES)   # defaults: 8 heads
+    model = adaptvid.build_model(name, "x-clip", class_names=CLASSES, num_frames=FRAMES, mit_heads=2, vsp_heads=2)
+    loaded = adaptvid.load_xclip(saved_xclip[0], class_names=CLASSES)
+    video = tiny_video(frames=FRAMES)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(video), loaded(video), rtol=0, atol=0)

@@ -72,6 +72,7 @@ class HFXClipBackbone(HFClipBackbone):
         from ..xclip_hf import transfer_xclip_weights
 
         transfer_xclip_weights(model, self._xclip[0], self._messages)
+        self._messages = None   # copied: the model holds them now (they are 40% of a B/16 tower's size)
 
 
 def load_hf_xclip_backbone(name: str, source: str, weights: Optional[str]) -> HFXClipBackbone:
