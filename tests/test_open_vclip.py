@@ -203,3 +203,16 @@ def test_iwo_gradient_is_the_loss_gradient_at_the_interpolated_weights():
     for (name, p), q in zip(tuned.named_parameters(), reference.parameters()):
         if p.requires_grad:
             assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_flops_overhead_is_the_tripled_attention_on_vit_b16():
+    from adaptvid.profile import profile_model
+
+    model = adaptvid.build_model("clip", "open-vclip", class_names=["a"], weights="random",
+                                 keep_original_weights=False).to("meta")
+    result = profile_model(model)
+    tokens, width, depth, frames = 197, 768, 12, 8
+    # q @ k^T and attn @ v see 3L keys instead of L: 2 x (2 matmuls x 2 L^2 D FLOPs) more per block and frame
+    extra = 2 * (2 * 2 * tokens * tokens * width) * depth * frames / 1e9
+    assert result["gflops_per_view"] == pytest.approx(result["gflops_bare_per_view"] + extra, rel=1e-4)
+    assert result["flops_ratio"] == pytest.approx(1.0815, abs=1e-3)
