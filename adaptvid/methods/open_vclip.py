@@ -26,8 +26,8 @@ Three parts, none with new parameters:
   *patched* half-way back to CLIP (:func:`patch_weights`, ratio 0.5). The official run
   also averages the checkpoints of epochs 2..22 (SWA, ``weight_average.py``).
 
-The original weights of everything the method trains are kept as non-persistent
-buffers (``model.open_vclip_original``; ``keep_original_weights=False`` drops them), so
+A CPU copy of the original weights of everything the method trains is kept
+(``model.open_vclip_original``; ``keep_original_weights=False`` drops it), so
 patching a checkpoint needs nothing but the checkpoint: ``load_model`` rebuilds the
 model from the original CLIP, which is what the buffers record, before it loads the
 fine-tuned tensors.
@@ -151,18 +151,18 @@ class FrameLogitClassifier(TextClassifier):
 
 # -- the original weights, patching and IWO --------------------------------------------------
 
-class OriginalWeights(nn.Module):
-    """A copy of some model parameters as non-persistent buffers: they follow ``.to(device)``, stay out
-    of checkpoints and parameter counts."""
+class OriginalWeights:
+    """A CPU copy of some model parameters, by name. Deliberately not module buffers: they would double
+    the model's GPU memory and be broadcast by DDP at every step. A device copy is made on first use."""
 
     def __init__(self, named: Mapping[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.names = list(named)
-        for i, name in enumerate(self.names):
-            self.register_buffer(f"w{i}", named[name].detach().clone(), persistent=False)
+        self._copies = {"cpu": {name: t.detach().to("cpu", copy=True) for name, t in named.items()}}
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, f"w{i}") for i, name in enumerate(self.names)}
+    def state(self, device=None) -> dict[str, torch.Tensor]:
+        key = str(torch.device(device)) if device is not None else "cpu"
+        if key not in self._copies:
+            self._copies[key] = {name: t.to(key) for name, t in self._copies["cpu"].items()}
+        return self._copies[key]
 
 
 def _original_state(model, original) -> dict[str, torch.Tensor]:
@@ -172,7 +172,7 @@ def _original_state(model, original) -> dict[str, torch.Tensor]:
         if kept is None:
             raise ValueError("this model kept no copy of the original CLIP weights (keep_original_weights=False); "
                              "pass original= a state dict, a freshly built model or the backbone")
-        return kept.state()
+        return kept.state(next(model.parameters()).device)
     if isinstance(original, Backbone):
         state = {f"backbone.tower.{n}": p for n, p in original.tower.named_parameters()}
         if getattr(original, "text", None) is not None and getattr(model, "text", None) is not None:
