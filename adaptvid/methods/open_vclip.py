@@ -29,7 +29,7 @@ Three parts, none with new parameters:
 A CPU copy of the original weights of everything the method trains is kept
 (``model.open_vclip_original``; ``keep_original_weights=False`` drops it), so
 patching a checkpoint needs nothing but the checkpoint: ``load_model`` rebuilds the
-model from the original CLIP, which is what the buffers record, before it loads the
+model from the original CLIP, which is what the copy records, before it loads the
 fine-tuned tensors.
 
 ``adaptvid adapt`` runs the plain loss; IWO needs a second forward per step and the
