@@ -283,3 +283,17 @@ def test_loss_goes_down_on_a_fixed_batch(method, backbone):
         F.cross_entropy(model(video), labels).backward()
         optimizer.step()
     assert eval_loss() < before
+
+
+@pytest.mark.parametrize("method,backbone", [("efficient-prompt", "tiny-clip"), ("actionclip", "tiny-hf-clip"),
+                                             ("text4vis", "tiny-clip"), ("atp", "tiny-vit"), ("singularity", "tiny-clip")])
+def test_checkpoint_round_trip(method, backbone, tmp_path):
+    from adaptvid.checkpoint import load_model
+
+    model = _model(backbone, method)
+    video = tiny_video(frames=FRAMES)
+    check_one_training_step(model, video, _labels(), all_trainable_move=False, nonzero_grads=False)
+    model.eval()
+    model.save_adapter(tmp_path, class_names=NAMES)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path).eval()(video), model(video))
