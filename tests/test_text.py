@@ -165,3 +165,11 @@ def test_a_fine_tuned_text_tower_trains_at_the_backbone_learning_rate():
     groups = {id(p): g["name"] for g in parameter_groups(model, 1e-3, 1e-5, 0.05) for p in g["params"]}
     assert {groups[id(p)] for p in model.text.parameters()} <= {"backbone", "backbone-no-decay"}
     assert {groups[id(p)] for p in model.head.parameters()} <= {"new", "new-no-decay"}
+
+
+def test_training_only_the_temperature_does_not_re_encode_the_class_texts():
+    model = _model("tiny-clip")
+    model.set_text_classifier()
+    model.text.logit_scale.requires_grad_(True)
+    first = model.head.class_embeddings()
+    assert model.head.class_embeddings() is first and not first.requires_grad

@@ -139,14 +139,10 @@ class NormalizedFrameMean(nn.Module):
 
 class FrameLogitClassifier(TextClassifier):
     """``scale * video @ normalize(class_texts).T`` without renormalising the video embedding (it is already
-    a mean of unit vectors). The class texts are not re-encoded when only the temperature trains."""
+    a mean of unit vectors)."""
 
     def logits(self, video: torch.Tensor, texts: torch.Tensor, aux=None) -> torch.Tensor:
         return self.logit_scale().to(video.device).exp() * video @ F.normalize(texts, dim=-1).t()
-
-    def _sources(self) -> list[torch.Tensor]:
-        scale = self.text.logit_scale
-        return [p for p in super()._sources() if p is not scale]
 
 
 # -- the original weights, patching and IWO --------------------------------------------------

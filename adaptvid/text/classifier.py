@@ -81,8 +81,10 @@ class TextClassifier(nn.Module):
         return self.text.logit_scale
 
     def _sources(self) -> list[torch.Tensor]:
+        """Trainable tensors the class embeddings depend on (the temperature is not one of them)."""
         modules = [self.text] + ([self.prompt] if self.prompt is not None else [])
-        return [p for m in modules for p in m.parameters() if p.requires_grad]
+        scale = self.text.logit_scale
+        return [p for m in modules for p in m.parameters() if p.requires_grad and p is not scale]
 
     def class_embeddings(self) -> torch.Tensor:
         """(C, E) normalised class embeddings, re-encoded only when a trainable source changed."""
