@@ -173,3 +173,11 @@ def test_training_only_the_temperature_does_not_re_encode_the_class_texts():
     model.text.logit_scale.requires_grad_(True)
     first = model.head.class_embeddings()
     assert model.head.class_embeddings() is first and not first.requires_grad
+
+
+def test_a_transformers_folder_without_tokenizer_files_falls_back_to_the_bundled_bpe(tmp_path):
+    original = _model("tiny-hf-clip")
+    original.backbone.text.model.save_pretrained(tmp_path)      # weights only, no tokenizer files
+    text = adaptvid.build_model(f"hf:{tmp_path}", "frozen", class_names=NAMES).use_text()
+    assert isinstance(text.tokenizer, ClipBpeTokenizer)
+    assert torch.equal(text.encode_texts(SENTENCES), original.use_text().encode_texts(SENTENCES))

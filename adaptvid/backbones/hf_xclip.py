@@ -79,7 +79,7 @@ def load_hf_xclip_backbone(name: str, source: str, weights: Optional[str]) -> HF
     """``hf-xclip:<folder or hub id>``: an XCLIPModel through transformers' own loader."""
     from transformers import AutoConfig, XCLIPModel
 
-    from .loading import _check_local, _fail
+    from .loading import _check_local, _fail, saved_tokenizer
 
     location = source if weights in (None, "random") else weights
     if weights not in (None, "random"):
@@ -91,14 +91,7 @@ def load_hf_xclip_backbone(name: str, source: str, weights: Optional[str]) -> HF
             model = XCLIPModel.from_pretrained(location)
     except Exception as error:
         raise _fail(name, f"transformers XCLIPModel from {location!r}", error) from error
-    tokenizer = processor = None
-    with contextlib.suppress(Exception):  # optional: a folder saved with save_pretrained alone has neither
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(location)
-    if tokenizer is not None and len(tokenizer) != model.config.text_config.vocab_size:
-        # transformers 5 builds an empty CLIPTokenizer from a folder without tokenizer files: not usable
-        tokenizer = None
+    tokenizer, processor = saved_tokenizer(location, model.config.text_config.vocab_size), None
     with contextlib.suppress(Exception):
         from transformers import AutoImageProcessor
 

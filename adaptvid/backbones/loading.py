@@ -145,13 +145,28 @@ def _hf_clip(name: str, source: str, weights: Optional[str]) -> Backbone:
             model = CLIPModel.from_pretrained(location)
     except Exception as error:
         raise _fail(name, f"transformers CLIPModel from {location!r}", error) from error
-    tokenizer = processor = None
-    with contextlib.suppress(Exception):  # optional: not every saved folder carries them
-        from transformers import AutoTokenizer, CLIPImageProcessor
+    tokenizer, processor = saved_tokenizer(location, model.config.text_config.vocab_size), None
+    with contextlib.suppress(Exception):  # optional: not every saved folder carries it
+        from transformers import CLIPImageProcessor
 
-        tokenizer = AutoTokenizer.from_pretrained(location)
         processor = CLIPImageProcessor.from_pretrained(location)
     return HFClipBackbone(name, model, tokenizer, processor)
+
+
+def saved_tokenizer(location: str, vocab_size: int):
+    """The tokenizer saved with a transformers model, or None when the folder (or hub repo) has none.
+
+    transformers 5 builds an empty CLIPTokenizer from a folder without tokenizer files instead of failing;
+    a tokenizer whose vocabulary does not match the text tower's is treated as missing.
+    """
+    tokenizer = None
+    with contextlib.suppress(Exception):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer is not None and len(tokenizer) != vocab_size:
+        tokenizer = None
+    return tokenizer
 
 
 @_register("hf:", "a transformers CLIPModel: hf:<hub repo id or local folder>, e.g. hf:openai/clip-vit-base-patch16", prefix=True)
