@@ -1,11 +1,9 @@
-"""Text classifiers of the temporal-head methods (ActionCLIP, Text4Vis) and a guard they share.
+"""The text classifier of ActionCLIP (and Singularity's text option) and a guard the text-side heads share.
 
 * :class:`SampledTemplateClassifier` (ActionCLIP): in training each class is encoded with one template
   drawn at random per step (torch's RNG), in the spirit of ActionCLIP's per-sample random template; in
   eval the class embedding is the mean over all templates. With a trained text tower this keeps a step's
   text cost at one prompt per class instead of one per class and template.
-* :class:`FixedTextClassifier` (Text4Vis): class embeddings from the frozen text tower, computed once and
-  cached; only the temperature (CLIP's logit scale) may be trained, and it does not invalidate the cache.
 """
 from __future__ import annotations
 
@@ -30,8 +28,3 @@ class SampledTemplateClassifier(TextClassifier):
         ids, mask = self.text.tokenize(sentences)
         return F.normalize(self.text(ids, mask), dim=-1)
 
-
-class FixedTextClassifier(TextClassifier):
-    def _sources(self) -> list[torch.Tensor]:
-        # The class embeddings depend on the frozen text weights only; a trained logit scale does not change them.
-        return [p for p in self.text.parameters() if p.requires_grad and p is not self.text.logit_scale]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..text import TextClassifier
-from ._text_heads import FixedTextClassifier
 from .actionclip import transf_fusion
 from .registry import register_method
 
@@ -51,7 +50,9 @@ def apply_text4vis(model, config: Text4VisConfig) -> None:
     text = model.use_text()
     model.set_readout("embed-mean", project=True)
     if not isinstance(model.head, TextClassifier):   # keep a prompt learner's classifier if one was chosen first
-        model.set_text_classifier((config.text4vis_template,), classifier_cls=FixedTextClassifier)
+        # A frozen text tower: the class embeddings are encoded once and cached (a trained logit scale does not
+        # invalidate them).
+        model.set_text_classifier((config.text4vis_template,))
     if not config.freeze_visual:
         model.backbone.tower.requires_grad_(True)
     text.logit_scale.requires_grad_(config.train_logit_scale)
