@@ -47,3 +47,17 @@ def check_one_training_step(model, video, labels, all_trainable_move: bool = Tru
             assert torch.equal(p, frozen_before[name]), f"frozen {name} changed"
         elif all_trainable_move:
             assert not torch.equal(p, trainable_before[name]), f"trainable {name} did not move"
+
+
+def fixed_batch_losses(model, video, labels, steps: int = 10, lr: float = 1e-2, optimizer=None) -> list[float]:
+    """Train on one batch for ``steps`` AdamW steps (no weight decay unless ``optimizer`` is given); the losses."""
+    if optimizer is None:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(video), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

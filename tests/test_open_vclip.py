@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import adaptvid
 from adaptvid.backbones.base import attention
 from adaptvid.methods.open_vclip import (OPEN_VCLIP_TEMPLATES, ExpandedTemporalAttention, iwo_loss, patch_weights)
-from conftest import check_one_training_step, tiny_video
+from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
 CLASSES = ["square growing", "disc fading", "red turning blue"]
 TEXT_BACKBONES = ("tiny-clip", "tiny-hf-clip")
@@ -126,13 +126,7 @@ def test_loss_goes_down_on_a_fixed_batch(backbone):
     model = _build(backbone)
     video, labels = tiny_video(), torch.tensor([0, 2])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
-    losses = []
-    for _ in range(10):
-        loss = F.cross_entropy(model(video), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(model, video, labels, steps=10, optimizer=optimizer)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -6,7 +6,7 @@ import adaptvid
 from adaptvid import build_model, load_model
 from adaptvid.text import TextClassifier
 from adaptvid.text.prompt_learner import TextPromptLearner
-from conftest import check_one_training_step, tiny_video
+from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
 CLASSES = ["square growing", "disc fading", "red turning blue"]
 CLIP_TINY = ("tiny-clip", "tiny-hf-clip")
@@ -17,16 +17,7 @@ def _text(backbone="tiny-clip"):
     return build_model(backbone, "frozen", class_names=CLASSES, num_frames=FRAMES).use_text()
 
 
-def _losses(model, video, labels, steps=10, lr=1e-2):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    losses = []
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(video), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+_losses = fixed_batch_losses
 
 
 # -- the prompt learner --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import adaptvid
 from adaptvid.checkpoint import WEIGHTS_FILE
 from adaptvid.methods.vifi_clip import word_embedding_module
 from adaptvid.text import PHOTO_TEMPLATE, TextClassifier, scaled_cosine
-from conftest import check_one_training_step, tiny_video
+from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
 CLASSES = ["square growing", "disc fading", "red turning blue"]
 TEXT_BACKBONES = ("tiny-clip", "tiny-hf-clip")
@@ -70,13 +70,7 @@ def test_loss_goes_down_on_a_fixed_batch(backbone):
     model = _build(backbone)
     video, labels = tiny_video(), torch.tensor([0, 2])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    losses = []
-    for _ in range(8):
-        loss = torch.nn.functional.cross_entropy(model(video), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(model, video, labels, steps=8, optimizer=optimizer)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

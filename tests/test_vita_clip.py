@@ -7,7 +7,7 @@ import torch
 from adaptvid import build_model, count_parameters, load_model
 from adaptvid.methods.vita_clip import FrameAttention, VitaClassifier
 from adaptvid.profile import profile_model
-from conftest import check_one_training_step, tiny_video
+from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
 CLASSES = ["square growing", "disc fading", "red turning blue"]
 FRAMES = 4
@@ -89,14 +89,7 @@ def test_trains_prompts_time_embedding_text_context_and_scale_only(backbone):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "cls_proj" in n)
     video, labels = tiny_video(batch=3, frames=FRAMES), torch.tensor([0, 1, 2])
     check_one_training_step(model, video, labels)       # both towers and cls_proj bit-identical after a step
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    losses = []
-    for _ in range(10):
-        loss = torch.nn.functional.cross_entropy(model(video), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(model, video, labels, steps=10, lr=1e-2)
     assert losses[-1] < losses[0], losses
 
 

@@ -8,7 +8,7 @@ from adaptvid.methods.xclip import XClipClassifier, XClipVideoEncoder
 from adaptvid.model import count_parameters
 from adaptvid.text import scaled_cosine
 from adaptvid.train.schedule import parameter_groups
-from conftest import check_one_training_step, tiny_video
+from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
 CLASSES = ["square growing", "disc fading", "red turning blue"]
 FRAMES = 4
@@ -192,13 +192,7 @@ def test_trains_loss_goes_down_and_text_stays_frozen(tiny_xclip):
     text_before = {n: p.detach().clone() for n, p in model.text.named_parameters()}
     check_one_training_step(model, video, labels)
     optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-3, backbone_lr=1e-4, weight_decay=0.0))
-    losses = []
-    for _ in range(6):
-        loss = torch.nn.functional.cross_entropy(model(video), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(model, video, labels, steps=6, optimizer=optimizer)
     assert losses[-1] < losses[0]
     assert all(torch.equal(p, text_before[n]) for n, p in model.text.named_parameters())
 
