@@ -329,6 +329,11 @@ def assemble_model(
     for spec, config in configs:
         spec.apply(model, config)
         model.methods.append((spec.name, config))
+    from .text import TextClassifier
+
+    if project is False and isinstance(model.head, TextClassifier):
+        raise ValueError(f"project=False cannot be used with {', '.join(n for n, _ in model.methods)}: its text "
+                         "classifier compares videos and texts in CLIP's projected joint space")
     if pool is not None or project is not None:  # explicit choices override the methods' readout
         model.set_readout(pool or model.pool, model.project if project is None else project)
     return model

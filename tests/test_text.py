@@ -181,3 +181,8 @@ def test_a_transformers_folder_without_tokenizer_files_falls_back_to_the_bundled
     text = adaptvid.build_model(f"hf:{tmp_path}", "frozen", class_names=NAMES).use_text()
     assert isinstance(text.tokenizer, ClipBpeTokenizer)
     assert torch.equal(text.encode_texts(SENTENCES), original.use_text().encode_texts(SENTENCES))
+
+
+def test_an_explicit_unprojected_readout_is_refused_for_text_classifiers():
+    with pytest.raises(ValueError, match="project=False cannot be used with coop"):
+        adaptvid.build_model("tiny-clip", "coop", class_names=NAMES, project=False)
