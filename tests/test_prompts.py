@@ -256,3 +256,11 @@ def test_methods_are_registered_as_prompt_tuning():
     for name in ("coop", "vpt", "vita-clip"):
         assert adaptvid.get_method(name).family == "prompt tuning"
     assert adaptvid.get_method("coop").needs_text and not adaptvid.get_method("vpt").needs_text
+
+
+def test_coop_text_prompt_depth_deep_means_every_text_block():
+    model = build_model("tiny-clip", "coop", class_names=CLASSES, num_frames=FRAMES, text_prompt_depth="deep")
+    assert model.head.prompt.depth == model.text.depth == 2
+    assert build_model("tiny-clip", "coop", class_names=CLASSES, text_prompt_depth="shallow").head.prompt.depth == 1
+    with pytest.raises(ValueError, match="'shallow', 'deep' or a number"):
+        build_model("tiny-clip", "coop", class_names=CLASSES, text_prompt_depth="0")

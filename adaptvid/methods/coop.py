@@ -3,7 +3,7 @@
 CLIP stays frozen (both towers); only the text context is learned: ``ctx_tokens`` vectors replace the
 words of the class prompt (``"X X ... X name."``) and the class embeddings come from the frozen text
 tower. Logits are CLIP's cosine similarity with CLIP's own (frozen) temperature; the video embedding
-is the mean of the frame embeddings. ``text_prompt_depth > 1`` adds per-block deep text prompts
+is the mean of the frame embeddings. ``text_prompt_depth`` 'deep' or > 1 adds per-block deep text prompts
 (MaPLe's independent-prompt baseline). See ``adaptvid.text.prompt_learner``.
 
 With other methods, in either order: coop owns the classifier's text side. If an earlier method already
@@ -36,17 +36,23 @@ class CoOpConfig:
     ctx_init: str = field(default="", metadata={
         "help": "start the context from this phrase's word embeddings, e.g. 'a video of a' (its token count sets "
                 "the number of context tokens); empty: N(0, 0.02)"})
-    text_prompt_depth: int = field(default=1, metadata={
-        "help": "text blocks with their own learned context: 1 = shallow CoOp; >1 adds deep prompts "
-                "(MaPLe/IVLP) before blocks 1..depth-1"})
+    text_prompt_depth: str = field(default="shallow", metadata={
+        "help": "text blocks with their own learned context: 'shallow' (= 1, CoOp), 'deep' (every block, "
+                "MaPLe/IVLP; ViFi-CLIP's prompting stage) or a number of blocks"})
 
     def __post_init__(self) -> None:
         if self.ctx_position not in POSITIONS:
             raise ValueError(f"coop ctx_position must be one of {POSITIONS}, got {self.ctx_position!r}")
         if self.ctx_tokens < 1 and not self.ctx_init:
             raise ValueError(f"coop ctx_tokens must be >= 1, got {self.ctx_tokens}")
-        if self.text_prompt_depth < 1:
-            raise ValueError(f"coop text_prompt_depth must be >= 1, got {self.text_prompt_depth}")
+        self.text_prompt_depth = str(self.text_prompt_depth).strip().lower()
+        depth = self.text_prompt_depth
+        if depth not in ("shallow", "deep") and not (depth.isdigit() and int(depth) >= 1):
+            raise ValueError(f"coop text_prompt_depth must be 'shallow', 'deep' or a number of blocks >= 1, got {depth!r}")
+
+    def blocks(self, text_depth: int) -> int:
+        """The number of text blocks that get their own context, on a text tower ``text_depth`` deep."""
+        return {"shallow": 1, "deep": text_depth}.get(self.text_prompt_depth) or int(self.text_prompt_depth)
 
 
 def attach_text_prompt(model, learner) -> None:
@@ -83,5 +89,5 @@ def make_learner(model, n_ctx: int, position: str, class_specific: bool, init: s
 )
 def apply_coop(model, config: CoOpConfig) -> None:
     learner = make_learner(model, config.ctx_tokens, config.ctx_position, config.ctx_class_specific,
-                           config.ctx_init, config.text_prompt_depth)
+                           config.ctx_init, config.blocks(model.use_text().depth))
     attach_text_prompt(model, learner)
