@@ -50,6 +50,9 @@ class VideoModel(nn.Module):
         self.new_lr_parameters: set[int] = set()  # ids of tower parameters trained at the new modules' rate
         # Training-time frame subsampling (Singularity): f(input, model) -> the input with fewer frames; eval sees all.
         self.train_frame_selector: Optional[Any] = None
+        # Regularisers the trainer adds to the classification loss: f(model, inputs, labels) -> scalar
+        # (Open-VCLIP's interpolated-weight loss). Plain Python loops call them the same way.
+        self.extra_losses: list = []
         self.set_readout(pool, project)
         self.methods: list[tuple[str, Any]] = []   # (name, config) in the order applied
         backbone.views  # build the per-block slots now, so methods can fill them

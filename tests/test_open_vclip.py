@@ -131,7 +131,7 @@ def test_loss_goes_down_on_a_fixed_batch(backbone):
 
 
 def test_trainable_count_on_vit_b16_is_the_image_tower_and_the_temperature():
-    model = adaptvid.build_model("clip", "open-vclip", class_names=["a"], weights="random", keep_original_weights=False)
+    model = adaptvid.build_model("clip", "open-vclip", class_names=["a"], weights="random", keep_original_weights=False, ovc_iwo_weight=0)
     assert adaptvid.count_parameters(model)[0] == 86_192_640 + 1
     assert not hasattr(model, "open_vclip_original")
 
@@ -153,7 +153,7 @@ def test_patching_at_0_and_1_gives_the_original_and_the_finetuned_weights_exactl
 
 
 def test_patching_with_an_explicit_original_model_or_backbone():
-    fresh = _build(keep_original_weights=False)
+    fresh = _build(keep_original_weights=False, ovc_iwo_weight=0)
     tuned = _trained_copy(fresh)
     with pytest.raises(ValueError, match="kept no copy"):
         patch_weights(copy.deepcopy(tuned))
@@ -203,10 +203,39 @@ def test_flops_overhead_is_the_tripled_attention_on_vit_b16():
     from adaptvid.profile import profile_model
 
     model = adaptvid.build_model("clip", "open-vclip", class_names=["a"], weights="random",
-                                 keep_original_weights=False).to("meta")
+                                 keep_original_weights=False, ovc_iwo_weight=0).to("meta")
     result = profile_model(model)
     tokens, width, depth, frames = 197, 768, 12, 8
     # q @ k^T and attn @ v see 3L keys instead of L: 2 x (2 matmuls x 2 L^2 D FLOPs) more per block and frame
     extra = 2 * (2 * 2 * tokens * tokens * width) * depth * frames / 1e9
     assert result["gflops_per_view"] == pytest.approx(result["gflops_bare_per_view"] + extra, rel=1e-4)
     assert result["flops_ratio"] == pytest.approx(1.0815, abs=1e-3)
+
+
+def test_adapt_adds_the_iwo_regulariser_to_the_training_loss(tmp_path):
+    """The trainer calls every model.extra_losses entry once per step with the training batch."""
+    from adaptvid.train import TrainConfig, fit
+
+    model = _build("tiny-clip")
+    assert [f.func.__name__ for f in model.extra_losses] == ["iwo_loss"] and model.extra_losses[0].keywords == {"weight": 0.5}
+    calls, iwo = [], model.extra_losses[0]
+
+    def counting(m, video, labels):
+        calls.append(video.shape[0])
+        return iwo(m, video, labels)
+
+    model.extra_losses[:] = [counting]
+    videos = [(tiny_video(batch=1, frames=4)[0], i % 3) for i in range(4)]
+
+    class Clips(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(videos)
+
+        def __getitem__(self, i):
+            return {"video": videos[i][0], "label": videos[i][1], "index": i}
+
+    fit(model, Clips(), None, TrainConfig(epochs=1, batch_size=2, num_workers=0, progress=False, clip_grad=None),
+        tmp_path / "run")
+    assert calls == [2, 2]
+    assert not adaptvid.build_model("tiny-clip", "open-vclip", class_names=CLASSES, num_frames=4,
+                                    ovc_iwo_weight=0.0).extra_losses

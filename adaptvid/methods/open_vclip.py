@@ -32,12 +32,14 @@ patching a checkpoint needs nothing but the checkpoint: ``load_model`` rebuilds 
 model from the original CLIP, which is what the copy records, before it loads the
 fine-tuned tensors.
 
-``adaptvid adapt`` runs the plain loss; IWO needs a second forward per step and the
-labels, so it is offered to custom loops as :func:`iwo_loss` (``loss = CE(model(v), y)
-+ iwo_loss(model, v, y)``). SWA is not applied.
+IWO is registered in ``model.extra_losses`` (``ovc_iwo_weight``, the official 0.5; 0 turns
+it off), so ``adaptvid adapt`` adds it to every step's loss (a second forward); custom loops
+call it the same way: ``loss = CE(model(v), y) + sum(f(model, v, y) for f in model.extra_losses)``.
+SWA is not applied.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
@@ -70,10 +72,18 @@ class OpenVCLIPConfig:
         "help": "also fine-tune the text tower (the official Open-VCLIP encodes the classes once, text frozen)"})
     keep_original_weights: bool = field(default=True, metadata={
         "help": "keep a copy of the original CLIP weights of what is trained, for patch_weights and iwo_loss"})
+    ovc_iwo_weight: float = field(default=0.5, metadata={
+        "help": "weight of the interpolated-weight regulariser added to the training loss by adaptvid adapt "
+                "(the official 0.5; a second forward per step); 0 turns it off"})
 
     def __post_init__(self) -> None:
         if self.ovc_ends not in ENDS:
             raise ValueError(f"open-vclip ovc_ends must be one of {ENDS}, got {self.ovc_ends!r}")
+        if self.ovc_iwo_weight < 0:
+            raise ValueError(f"open-vclip ovc_iwo_weight must be >= 0, got {self.ovc_iwo_weight}")
+        if self.ovc_iwo_weight and not self.keep_original_weights:
+            raise ValueError("open-vclip's interpolated-weight regulariser needs the original weights: "
+                             "keep_original_weights=True, or ovc_iwo_weight=0")
 
 
 # -- the expanded temporal view ---------------------------------------------------------------
@@ -260,3 +270,5 @@ def apply_open_vclip(model, config: OpenVCLIPConfig) -> None:
     if config.keep_original_weights:
         model.open_vclip_original = OriginalWeights(
             {name: p for name, p in model.named_parameters() if p.requires_grad})
+    if config.ovc_iwo_weight:
+        model.extra_losses.append(functools.partial(iwo_loss, weight=config.ovc_iwo_weight))

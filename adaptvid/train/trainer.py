@@ -89,6 +89,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    unwrapped_model = accelerator.unwrap_model(model)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
@@ -122,6 +123,8 @@ def fit(
             with accelerator.accumulate(model):
                 logits = model(batch["video"])
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.label_smoothing)
+                for extra in unwrapped_model.extra_losses:   # method regularisers (e.g. Open-VCLIP's IWO)
+                    loss = loss + extra(unwrapped_model, batch["video"], batch["label"])
                 accelerator.backward(loss * weight)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_grad)
