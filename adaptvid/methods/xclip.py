@@ -107,23 +107,15 @@ class XClipClassifier(TextClassifier):
         self.class_names = list(class_names or [])
         self.prompts_generator = generator
 
-    def class_embeddings(self) -> torch.Tensor:
-        """(C, E) raw class text embeddings (the generator needs them unnormalised), cached while the
-        text side is frozen; with several templates, their mean."""
+    def encode_classes(self) -> torch.Tensor:
+        """(C, E) raw class text embeddings (the generator needs them unnormalised); with several templates,
+        their mean. Cached by ``class_embeddings`` while the text side is frozen."""
         if not self.class_names:
             raise ValueError("this X-CLIP model has no class names: score texts with model.text_logits(video, texts) "
                              "or give it classes with adaptvid.set_classes(model, names)")
-        sources = self._sources()
-        device = self.text.logit_scale.device
-        key = (device, tuple(p._version for p in sources), tuple(id(p) for p in sources), tuple(self.class_names))
-        if self._cache is not None and self._cache[0] == key and not (torch.is_grad_enabled() and sources):
-            return self._cache[1]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(sources)):
-            sentences = [template.format(name) for name in self.class_names for template in self.templates]
-            ids, mask = self.text.tokenize(sentences)
-            embeddings = self.text(ids, mask).reshape(len(self.class_names), len(self.templates), -1).mean(dim=1)
-        self._cache = None if embeddings.requires_grad else (key, embeddings)
-        return embeddings
+        sentences = [template.format(name) for name in self.class_names for template in self.templates]
+        ids, mask = self.text.tokenize(sentences)
+        return self.text(ids, mask).reshape(len(self.class_names), len(self.templates), -1).mean(dim=1)
 
     def logits(self, video: torch.Tensor, texts: torch.Tensor, aux=None) -> torch.Tensor:
         if aux is None:

@@ -86,18 +86,21 @@ class TextClassifier(nn.Module):
         scale = self.text.logit_scale
         return [p for m in modules for p in m.parameters() if p.requires_grad and p is not scale]
 
+    def encode_classes(self) -> torch.Tensor:
+        """(C, E) class embeddings, computed afresh (subclasses change how; ``class_embeddings`` caches)."""
+        if self.prompt is not None:
+            return F.normalize(self.prompt(self.text, self.class_names), dim=-1)
+        return encode_class_prompts(self.text, self.class_names, self.templates)
+
     def class_embeddings(self) -> torch.Tensor:
-        """(C, E) normalised class embeddings, re-encoded only when a trainable source changed."""
+        """``encode_classes()``, re-encoded only when a trainable source or the class set changed."""
         sources = self._sources()
         device = self.text.logit_scale.device
-        key = (device, tuple(p._version for p in sources), tuple(id(p) for p in sources))
+        key = (device, tuple(p._version for p in sources), tuple(id(p) for p in sources), tuple(self.class_names))
         if self._cache is not None and self._cache[0] == key and not (torch.is_grad_enabled() and sources):
             return self._cache[1]
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(sources)):
-            if self.prompt is not None:
-                embeddings = F.normalize(self.prompt(self.text, self.class_names), dim=-1)
-            else:
-                embeddings = encode_class_prompts(self.text, self.class_names, self.templates)
+            embeddings = self.encode_classes()
         self._cache = None if embeddings.requires_grad else (key, embeddings)  # a graph is not kept across steps
         return embeddings
 
