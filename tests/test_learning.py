@@ -1,4 +1,4 @@
-"""Learning proof on the demo task (slow: run with `pytest -m slow`, ~10 minutes on 2 cores).
+"""Learning proof on the demo task (slow: run with `pytest -m slow`, a few minutes on 2 cores).
 
 Each demo class is its mirror class played backwards, so the order-invariant
 `frozen` baseline is held near 50% within a pair; ST-Adapter must see time.
@@ -23,6 +23,23 @@ def test_st_adapter_learns_time_and_frozen_cannot(tmp_path):
     print(f"demo validation top-1: {results}")
     assert results["st-adapter"] >= 90, results
     assert results["frozen"] <= 60, results
+
+
+@pytest.mark.slow
+def test_text_side_methods_with_temporal_modules_learn_time_and_prompts_alone_cannot(tmp_path):
+    """The text side on the same task: X-CLIP (message tokens + MIT) and Vita-CLIP (summary token across
+    frames) see time; CoOp (a learned text context over mean-pooled frozen frames) cannot beat the pairs."""
+    demo = tmp_path / "demo"
+    results = {}
+    for method in ("x-clip", "vita-clip", "coop"):
+        out = tmp_path / method
+        assert main(["adapt", "--demo", "--demo-dir", str(demo), "--method", method, "--output", str(out),
+                     "--no-progress"]) == 0
+        evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+        results[method] = evals[-1]["top1"]
+    print(f"demo validation top-1: {results}")
+    assert results["x-clip"] >= 90 and results["vita-clip"] >= 70, results
+    assert results["coop"] <= 60, results
 
 
 def _cuda():
