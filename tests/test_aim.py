@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from adaptvid import build_model, count_parameters, load_model
-from adaptvid.methods.aim import Adapter, DropPath, TemporalAdaptation
+from adaptvid.methods._blocks import Bottleneck
+from adaptvid.methods.aim import DropPath, TemporalAdaptation
 from adaptvid.train.schedule import parameter_groups
 from conftest import TINY_BACKBONES, tiny_video, check_one_training_step
 
@@ -19,9 +20,9 @@ def _randomise_adapters(model, std=0.05):
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, Adapter):
-                module.fc2.weight.copy_(torch.randn(module.fc2.weight.shape, generator=generator) * std)
-                module.fc2.bias.copy_(torch.randn(module.fc2.bias.shape, generator=generator) * std)
+            if isinstance(module, Bottleneck):
+                module.up.weight.copy_(torch.randn(module.up.weight.shape, generator=generator) * std)
+                module.up.bias.copy_(torch.randn(module.up.bias.shape, generator=generator) * std)
         for name, p in model.named_parameters():
             if name.endswith("temporal_embedding"):
                 p.copy_(torch.randn(p.shape, generator=generator))
@@ -73,7 +74,7 @@ def test_the_zero_init_up_projection_still_lets_every_adapter_learn():
     model = _build("tiny-clip")
     torch.nn.functional.cross_entropy(model(tiny_video(frames=FRAMES)), torch.tensor([1, 3])).backward()
     for name, p in model.named_parameters():
-        if ".fc2." in name or name.endswith("temporal_embedding"):
+        if ".up." in name or name.endswith("temporal_embedding"):
             assert p.grad.abs().sum() > 0, f"{name} gets no gradient at init"
 
 

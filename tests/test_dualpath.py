@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from adaptvid import build_model, count_parameters, load_model
-from adaptvid.methods.dualpath import (Adapter, DualPathEncoder, grid_framesets, spatial_frames, spatial_indices,
+from adaptvid.methods._blocks import Bottleneck
+from adaptvid.methods.dualpath import (DualPathEncoder, grid_framesets, spatial_frames, spatial_indices,
                                        tile_of_patch)
 from adaptvid.train.schedule import parameter_groups
 from conftest import TINY_BACKBONES, tiny_video, check_one_training_step
@@ -208,7 +209,7 @@ def test_the_temporal_embedding_marks_each_frame_of_each_frameset():
 
 def test_serial_adapters_without_skip_start_the_temporal_path_as_identity_blocks():
     model = _build(serial_skip=False).eval()
-    assert all(not m.skip for name, m in model.named_modules() if isinstance(m, Adapter) and "temporal" in name)
+    assert all(not m.skip for name, m in model.named_modules() if isinstance(m, Bottleneck) and "temporal" in name)
     frozen = _build(method="frozen").eval()
     video = tiny_video(frames=FRAMES)
     spatial, temporal = model.video_encoder.inputs(video)

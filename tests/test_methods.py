@@ -185,3 +185,19 @@ def test_tower_parameters_a_method_trains_get_the_new_modules_learning_rate():
             assert group["lr"] == 1e-3
     full = _build("tiny-clip", "full")
     assert {g["lr"] for g in parameter_groups(full, 1e-3, 1e-5, 0.05)} == {1e-3, 1e-5}
+
+
+def test_the_shared_bottleneck_adapter_starts_as_identity_or_zero_and_is_affine_without_gelu():
+    from adaptvid.methods._blocks import Bottleneck
+
+    x = torch.randn(4, 16)
+    assert torch.equal(Bottleneck(16, 4)(x), x)                                  # skip: the identity at init
+    assert torch.equal(Bottleneck(16, 4, skip=False)(x), torch.zeros_like(x))   # branch: zero at init
+    for skip in (True, False):
+        adapter = Bottleneck(16, 4, activation=False, scale=0.5, skip=skip, dropout=0.3).eval()
+        torch.nn.init.normal_(adapter.up.weight)
+        torch.nn.init.normal_(adapter.up.bias)
+        A, a = adapter.affine()
+        torch.testing.assert_close(adapter(x), (x.double() @ A.t() + a).float(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not affine"):
+        Bottleneck(16, 4).affine()

@@ -6,7 +6,7 @@ import torch
 
 import adaptvid
 from adaptvid import build_model, count_parameters
-from adaptvid.methods.zeroi2v import (LinearAdapter, fold_after, fold_before, shift_heads, temporal_shift)
+from adaptvid.methods.zeroi2v import (fold_after, linear_adapter, fold_before, shift_heads, temporal_shift)
 from conftest import TINY_BACKBONES, tiny_video, check_one_training_step
 
 FRAMES = 4
@@ -119,7 +119,7 @@ def test_the_shift_makes_the_model_see_frame_order():
 
 
 def test_adapter_is_the_identity_at_init_and_its_affine_map_is_exact():
-    adapter = LinearAdapter(8, 2, scale=0.5, dropout=0.1)
+    adapter = linear_adapter(8, 2, scale=0.5, dropout=0.1)
     x = torch.randn(3, 8)
     assert torch.equal(adapter(x), x)
     assert torch.equal(adapter.up.weight, torch.zeros(8, 2)) and torch.equal(adapter.up.bias, torch.zeros(8))

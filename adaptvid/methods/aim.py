@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..backbones import BlockView, FrameContext
-from ._blocks import TemporalEmbedding
+from ._blocks import Bottleneck, TemporalEmbedding, bottleneck_width
 from .registry import register_method
 
 DROP_PATH_MASKS = ("token", "video")
@@ -62,26 +62,10 @@ class AIMConfig:
             raise ValueError(f"aim drop_path_mask must be one of {DROP_PATH_MASKS}, got {self.drop_path_mask!r}")
 
 
-class Adapter(nn.Module):
-    """Linear(D, r) -> GELU -> Linear(r, D); the up-projection starts at zero. ``skip``: h + adapter(h)."""
-
-    def __init__(self, width: int, ratio: float, skip: bool) -> None:
-        super().__init__()
-        hidden = int(width * ratio)
-        if hidden < 1:
-            raise ValueError(f"aim: ratio {ratio} leaves no bottleneck width on a {width}-wide tower")
-        self.skip = skip
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
-        for linear in (self.fc1, self.fc2):
-            nn.init.trunc_normal_(linear.weight, std=0.02)
-            nn.init.zeros_(linear.bias)
-        nn.init.zeros_(self.fc2.weight)   # the model starts as the image model
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.fc2(self.act(self.fc1(h)))
-        return h + out if self.skip else out
+def aim_adapter(width: int, ratio: float, skip: bool) -> Bottleneck:
+    """AIM's adapter: Linear(D, ratio*D) -> GELU -> Linear(ratio*D, D), trunc-normal down-projection, zero
+    up-projection (the model starts as the image model). ``skip``: h + adapter(h)."""
+    return Bottleneck(width, bottleneck_width(width, ratio, "aim"), skip=skip)
 
 
 class DropPath(nn.Module):
@@ -121,8 +105,8 @@ class TemporalAdaptation(nn.Module):
         # BlockView is a plain dataclass, not a Module: the frozen norm1/attention stay out of this
         # module's parameters and state (they belong to the tower).
         self.view = view
-        self.adapter_in = Adapter(width, ratio, skip=True) if num_tadapter == 2 else None
-        self.adapter = Adapter(width, ratio, skip=False)
+        self.adapter_in = aim_adapter(width, ratio, skip=True) if num_tadapter == 2 else None
+        self.adapter = aim_adapter(width, ratio, skip=False)
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
@@ -143,7 +127,7 @@ class SpatialAdapter(nn.Module):
 
     def __init__(self, width: int, ratio: float) -> None:
         super().__init__()
-        self.adapter = Adapter(width, ratio, skip=True)
+        self.adapter = aim_adapter(width, ratio, skip=True)
 
     def forward(self, h: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
         return self.adapter(h)
@@ -159,7 +143,7 @@ class MLPAdapter(nn.Module):
 
     def __init__(self, width: int, ratio: float, scale: float, drop_path: DropPath) -> None:
         super().__init__()
-        self.adapter = Adapter(width, ratio, skip=False)
+        self.adapter = aim_adapter(width, ratio, skip=False)
         self.scale = scale
         self.drop_path = drop_path
 

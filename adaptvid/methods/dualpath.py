@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import BlockView, FrameContext
+from ._blocks import Bottleneck, bottleneck_width
 from .registry import register_method
 
 SPATIAL = "spatial"
@@ -141,34 +142,6 @@ def tile_of_patch(patch_grid: tuple[int, int], grid: int) -> torch.Tensor:
 
 
 # -- modules --------------------------------------------------------------------------------------
-
-class Adapter(nn.Module):
-    """Linear(D, r) -> GELU -> Dropout -> Linear(r, D), the up-projection zero at init.
-
-    ``skip``: ``h + adapter(h)`` (serial placement); otherwise the adapter's output alone (parallel).
-    """
-
-    def __init__(self, width: int, ratio: float, dropout: float, skip: bool) -> None:
-        super().__init__()
-        hidden = int(width * ratio)
-        if hidden < 1:
-            raise ValueError(f"dualpath: ratio {ratio} leaves no bottleneck width on a {width}-wide tower")
-        self.skip = skip
-        self.down = nn.Linear(width, hidden)
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
-        self.up = nn.Linear(hidden, width)
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.up(self.drop(self.act(self.down(h))))
-        return h + out if self.skip else out
-
-    def extra_repr(self) -> str:
-        return f"skip={self.skip}"
-
 
 class DualPathAttention(nn.Module):
     """``attention``: the frozen MHSA on norm1(x), with the adapter each path puts around it.
@@ -318,7 +291,9 @@ def apply_dualpath(model, config: DualPathConfig) -> None:
                          f"least spatial_frames={config.spatial_frames}; e.g. num_frames={smallest}")
 
     def adapter(skip: bool) -> Adapter:
-        return Adapter(width, config.ratio, config.dropout, skip)
+        # Linear -> GELU -> dropout -> Linear, PyTorch's default init of the down-projection, zero up-projection
+        return Bottleneck(width, bottleneck_width(width, config.ratio, "dualpath"), dropout=config.dropout, skip=skip,
+                          down_init="default")
 
     for view, slot in zip(backbone.views, backbone.slots):
         slot.add("attention", "dualpath", DualPathAttention(view, spatial=adapter(False),

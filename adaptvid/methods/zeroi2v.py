@@ -32,7 +32,7 @@ from torch import nn
 
 from ..backbones import FrameContext
 from ..backbones.base import attention, merge_heads, split_heads
-from ._blocks import TemporalEmbedding
+from ._blocks import Bottleneck, TemporalEmbedding
 from .registry import register_method
 
 NAME = "zeroi2v"
@@ -92,29 +92,10 @@ def shift_heads(x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
 
 # -- modules -------------------------------------------------------------------------------
 
-class LinearAdapter(nn.Module):
-    """``x + scale * up(dropout(down(x)))``; no activation, so it is an affine map in eval mode."""
-
-    def __init__(self, width: int, hidden: int, scale: float = 0.5, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.scale = scale
-        self.down = nn.Linear(width, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.up = nn.Linear(hidden, width)
-        nn.init.trunc_normal_(self.down.weight, std=0.02)
-        for p in (self.down.bias, self.up.weight, self.up.bias):
-            nn.init.zeros_(p)
-
-    def forward(self, x: torch.Tensor, ctx: Optional[FrameContext] = None) -> torch.Tensor:
-        return x + self.scale * self.up(self.dropout(self.down(x)))
-
-    @torch.no_grad()
-    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, a)`` in float64 with ``adapter(x) = A x + a`` (eval mode)."""
-        w1, b1 = self.down.weight.double(), self.down.bias.double()
-        w2, b2 = self.up.weight.double(), self.up.bias.double()
-        eye = torch.eye(w2.shape[0], dtype=torch.float64, device=w2.device)
-        return eye + self.scale * (w2 @ w1), self.scale * (w2 @ b1 + b2)
+def linear_adapter(width: int, hidden: int, scale: float = 0.5, dropout: float = 0.1) -> Bottleneck:
+    """ZeroI2V's adapter: ``x + scale * up(dropout(down(x)))``, no activation, so it is affine in eval mode
+    (``Bottleneck.affine``) and folds into the neighbouring frozen linear layers."""
+    return Bottleneck(width, hidden, activation=False, dropout=dropout, scale=scale, skip=True)
 
 
 class STDHAttention(nn.Module):
@@ -125,8 +106,8 @@ class STDHAttention(nn.Module):
     the adapters are gone (folded into those projections) and only the shift remains.
     """
 
-    def __init__(self, backbone, index: int, fold: int, t_adapter: Optional[LinearAdapter],
-                 s_adapter: Optional[LinearAdapter]) -> None:
+    def __init__(self, backbone, index: int, fold: int, t_adapter: Optional[Bottleneck],
+                 s_adapter: Optional[Bottleneck]) -> None:
         super().__init__()
         object.__setattr__(self, "_backbone", backbone)  # a handle, not a submodule
         self.index = index
@@ -268,8 +249,8 @@ def apply_zeroi2v(model, config: ZeroI2VConfig) -> None:
         raise ValueError(f"zeroi2v shift_div={config.shift_div} shifts no channel on width {width}; "
                          f"use shift_div <= {width // 2} or 0 (no shift)")
 
-    def adapter() -> LinearAdapter:
-        return LinearAdapter(width, hidden, config.adapter_scale, config.adapter_dropout)
+    def adapter() -> Bottleneck:
+        return linear_adapter(width, hidden, config.adapter_scale, config.adapter_dropout)
 
     for index, (view, slot) in enumerate(zip(backbone.views, backbone.slots)):
         if view.qkv is None or view.attn_out is None:
