@@ -305,7 +305,8 @@ def _datasets(model, data: dict, train_cfg, train_samples, val_samples):
     train_set = val_set = None
     if train_samples:
         transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=True, hflip=bool(data.get("hflip", False)),
-                                   scale=tuple(data.get("scale", (0.25, 1.0))))
+                                   scale=tuple(data.get("scale", (0.25, 1.0))), randaugment=data.get("randaugment"),
+                                   random_erasing=float(data.get("random_erasing") or 0.0))
         train_set = VideoDataset(train_samples, transform=transform, train=True, **common)
     if val_samples:
         transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=False,

@@ -1,5 +1,6 @@
 """Video data: readers, frame sampling, transforms, datasets and the demo task."""
 
+from .augment import RandAugment, random_erase
 from .datasets import VideoDataset, collate_videos
 from .lists import VideoSample, folder_dataset, read_class_names, read_list_file
 from .readers import VideoReadError, available_backends, open_video
@@ -9,7 +10,7 @@ from .transforms import VideoTransform, spatial_crops
 __all__ = [
     "open_video", "VideoReadError", "available_backends",
     "segment_indices", "segment_indices_for_view", "dense_indices", "parse_views",
-    "VideoTransform", "spatial_crops",
+    "VideoTransform", "spatial_crops", "RandAugment", "random_erase",
     "VideoSample", "read_list_file", "read_class_names", "folder_dataset",
     "VideoDataset", "collate_videos",
     "make_demo_data", "demo_class_names",

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import RandAugment, random_erase
+
 # Normalisation constants in 0..1 units, as CLIP and timm publish them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -129,14 +131,16 @@ class VideoTransform:
     Train: one random-resized crop shared by all frames, then an optional
     horizontal flip.  The flip is off by default because it swaps left and
     right, which changes the label of direction-dependent actions (e.g.
-    "pushing something from left to right").
+    "pushing something from left to right").  Optional ``randaugment`` (a timm
+    spec such as ``"rand-m7-n4-mstd0.5-inc1"``) and ``random_erasing`` (a
+    probability) follow, each drawn once per clip (see ``augment.py``).
     Test: resize the short side to `short_side` (default `size`), centre crop.
     `mean`/`std` are per-channel, in 0..1 units.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                  short_side: int | None = None, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
-                 hflip: bool = False):
+                 hflip: bool = False, randaugment: str | None = None, random_erasing: float = 0.0):
         self.size = int(size)
         self.train = bool(train)
         self.short_side = int(short_side) if short_side is not None else self.size
@@ -145,6 +149,10 @@ class VideoTransform:
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
         self.hflip = bool(hflip)
+        self.randaugment = RandAugment(randaugment) if randaugment else None
+        self.random_erasing = float(random_erasing)
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         # (x / 255 - mean) / std folded into one multiply and one subtract,
@@ -155,8 +163,11 @@ class VideoTransform:
                        / std64).to(torch.float32)
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.randaugment is not None or self.random_erasing:
+            extra = f", randaugment={self.randaugment!r}, random_erasing={self.random_erasing}"
         return (f"VideoTransform(size={self.size}, train={self.train}, "
-                f"short_side={self.short_side}, hflip={self.hflip})")
+                f"short_side={self.short_side}, hflip={self.hflip}{extra})")
 
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
         """uint8 (T, 3, H, W) -> normalised float32 (3, T, H, W)."""
@@ -173,8 +184,13 @@ class VideoTransform:
             video = resize(video[..., top:top + h, left:left + w], self.size, self.size)
             if self.hflip and rng.random() < 0.5:
                 video = video.flip(-1)
-        else:
-            video = center_crop(short_side_resize(video, self.short_side), self.size)
+            if self.randaugment is not None:
+                video = self.randaugment(video, rng)
+            video = self.normalize(video)
+            if self.random_erasing:
+                video = random_erase(video, self.random_erasing, rng)
+            return video
+        video = center_crop(short_side_resize(video, self.short_side), self.size)
         return self.normalize(video)
 
     def multi_crop(self, frames: np.ndarray, num_crops: int) -> list[torch.Tensor]:
