@@ -306,7 +306,10 @@ def _datasets(model, data: dict, train_cfg, train_samples, val_samples):
     if train_samples:
         transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=True, hflip=bool(data.get("hflip", False)),
                                    scale=tuple(data.get("scale", (0.25, 1.0))), randaugment=data.get("randaugment"),
-                                   random_erasing=float(data.get("random_erasing") or 0.0))
+                                   random_erasing=float(data.get("random_erasing") or 0.0),
+                                   color_jitter=float(data.get("color_jitter") or 0.0),
+                                   color_jitter_prob=float(data.get("color_jitter_prob", 0.8)),
+                                   grayscale=float(data.get("grayscale") or 0.0))
         train_set = VideoDataset(train_samples, transform=transform, train=True, **common)
     if val_samples:
         transform = VideoTransform(pp.image_size, pp.mean, pp.std, train=False,

@@ -153,3 +153,26 @@ def random_erase(video: torch.Tensor, probability: float, rng: np.random.Generat
             video[:, :, top:top + h, left:left + w] = noise.to(video.dtype)
             return video
     return video
+
+
+def color_jitter(video: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation factors in [1 - s, 1 + s] and a hue shift in [-s/4, s/4]
+    (X-CLIP's 0.4 / 0.1), applied in a random order to the whole uint8 (T, 3, H, W) clip."""
+    import torchvision.transforms.v2.functional as TF
+
+    operations = [
+        lambda v: TF.adjust_brightness(v, rng.uniform(max(0.0, 1 - strength), 1 + strength)),
+        lambda v: TF.adjust_contrast(v, rng.uniform(max(0.0, 1 - strength), 1 + strength)),
+        lambda v: TF.adjust_saturation(v, rng.uniform(max(0.0, 1 - strength), 1 + strength)),
+        lambda v: TF.adjust_hue(v, rng.uniform(-strength / 4, strength / 4)),
+    ]
+    for index in rng.permutation(len(operations)):
+        video = operations[int(index)](video)
+    return video
+
+
+def grayscale(video: torch.Tensor) -> torch.Tensor:
+    """The clip in grey, still three channels."""
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.rgb_to_grayscale(video, num_output_channels=3)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import RandAugment, random_erase
+from .augment import RandAugment, color_jitter, grayscale, random_erase
 
 # Normalisation constants in 0..1 units, as CLIP and timm publish them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -131,16 +131,19 @@ class VideoTransform:
     Train: one random-resized crop shared by all frames, then an optional
     horizontal flip.  The flip is off by default because it swaps left and
     right, which changes the label of direction-dependent actions (e.g.
-    "pushing something from left to right").  Optional ``randaugment`` (a timm
-    spec such as ``"rand-m7-n4-mstd0.5-inc1"``) and ``random_erasing`` (a
-    probability) follow, each drawn once per clip (see ``augment.py``).
+    "pushing something from left to right").  Optional, in this order and each
+    drawn once per clip (see ``augment.py``): ``color_jitter`` (strength s,
+    applied with probability ``color_jitter_prob``), ``grayscale`` (a
+    probability), ``randaugment`` (a timm spec such as
+    ``"rand-m7-n4-mstd0.5-inc1"``) and ``random_erasing`` (a probability).
     Test: resize the short side to `short_side` (default `size`), centre crop.
     `mean`/`std` are per-channel, in 0..1 units.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                  short_side: int | None = None, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
-                 hflip: bool = False, randaugment: str | None = None, random_erasing: float = 0.0):
+                 hflip: bool = False, randaugment: str | None = None, random_erasing: float = 0.0,
+                 color_jitter: float = 0.0, color_jitter_prob: float = 0.8, grayscale: float = 0.0):
         self.size = int(size)
         self.train = bool(train)
         self.short_side = int(short_side) if short_side is not None else self.size
@@ -151,8 +154,13 @@ class VideoTransform:
         self.hflip = bool(hflip)
         self.randaugment = RandAugment(randaugment) if randaugment else None
         self.random_erasing = float(random_erasing)
-        if not 0.0 <= self.random_erasing <= 1.0:
-            raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing}")
+        self.color_jitter, self.color_jitter_prob = float(color_jitter), float(color_jitter_prob)
+        self.grayscale = float(grayscale)
+        for name in ("random_erasing", "color_jitter_prob", "grayscale"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.color_jitter <= 1.0:
+            raise ValueError(f"color_jitter is a strength in [0, 1] (e.g. 0.4), got {color_jitter}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         # (x / 255 - mean) / std folded into one multiply and one subtract,
@@ -166,6 +174,9 @@ class VideoTransform:
         extra = ""
         if self.randaugment is not None or self.random_erasing:
             extra = f", randaugment={self.randaugment!r}, random_erasing={self.random_erasing}"
+        if self.color_jitter or self.grayscale:
+            extra += (f", color_jitter={self.color_jitter} (p={self.color_jitter_prob}), "
+                      f"grayscale={self.grayscale}")
         return (f"VideoTransform(size={self.size}, train={self.train}, "
                 f"short_side={self.short_side}, hflip={self.hflip}{extra})")
 
@@ -184,6 +195,10 @@ class VideoTransform:
             video = resize(video[..., top:top + h, left:left + w], self.size, self.size)
             if self.hflip and rng.random() < 0.5:
                 video = video.flip(-1)
+            if self.color_jitter and rng.random() < self.color_jitter_prob:
+                video = color_jitter(video, self.color_jitter, rng)
+            if self.grayscale and rng.random() < self.grayscale:
+                video = grayscale(video)
             if self.randaugment is not None:
                 video = self.randaugment(video, rng)
             video = self.normalize(video)

@@ -14,6 +14,7 @@ from ..checkpoint import CONFIG_FILE, save_adapter
 from .config import TrainConfig
 from .evaluate import evaluate
 from .metrics import MetricsLog, plot_curves
+from .mixing import make_mixer, soft_cross_entropy
 from .schedule import parameter_groups, warmup_cosine
 
 logger = logging.getLogger("adaptvid.train")
@@ -90,6 +91,9 @@ def fit(
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     unwrapped_model = accelerator.unwrap_model(model)
+    if (cfg.mixup or cfg.cutmix) and unwrapped_model.from_features:
+        raise ValueError("mixup / cutmix mix video clips; they cannot be used with cached features (--cache-features)")
+    mixer = make_mixer(cfg, unwrapped_model.num_classes, accelerator.process_index)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
@@ -121,10 +125,15 @@ def fit(
                 batch, weight = last_good, 0.0
             last_good = batch
             with accelerator.accumulate(model):
-                logits = model(batch["video"])
-                loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.label_smoothing)
-                for extra in unwrapped_model.extra_losses:   # method regularisers (e.g. Open-VCLIP's IWO)
-                    loss = loss + extra(unwrapped_model, batch["video"], batch["label"])
+                video, labels = batch["video"], batch["label"]
+                if mixer is not None:   # soft targets, smoothing included
+                    video, targets = mixer(video, labels, unwrapped_model.num_classes)
+                    loss = soft_cross_entropy(model(video).float(), targets)
+                else:
+                    loss = torch.nn.functional.cross_entropy(model(video).float(), labels,
+                                                             label_smoothing=cfg.label_smoothing)
+                for extra in unwrapped_model.extra_losses:   # method regularisers (e.g. Open-VCLIP's IWO), on the
+                    loss = loss + extra(unwrapped_model, batch["video"], labels)   # unmixed clips and hard labels
                 accelerator.backward(loss * weight)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_grad)

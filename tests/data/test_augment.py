@@ -74,3 +74,18 @@ def test_video_transform_applies_them_in_training_only_and_says_so():
     assert a.shape == b.shape == (3, 4, 32, 32) and not torch.equal(a, b)
     with pytest.raises(ValueError, match="probability"):
         VideoTransform(32, (0.5,) * 3, (0.25,) * 3, train=True, random_erasing=2.0)
+
+
+def test_color_jitter_and_grayscale_change_every_frame_alike():
+    from adaptvid.data.augment import color_jitter, grayscale
+
+    video = _clip()
+    jittered = color_jitter(video, 0.4, np.random.default_rng(4))
+    assert jittered.dtype == torch.uint8 and not torch.equal(jittered, video)
+    assert all(torch.equal(jittered[0], jittered[t]) for t in range(1, 4))
+    grey = grayscale(video)
+    assert grey.shape == video.shape and torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    transform = VideoTransform(32, (0.5,) * 3, (0.25,) * 3, train=True, color_jitter=0.4, grayscale=1.0)
+    out = transform(np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8), np.random.default_rng(1))
+    assert torch.allclose(out[0], out[1]) and torch.allclose(out[1], out[2])   # grey (equal mean/std here)
+    assert "color_jitter=0.4 (p=0.8), grayscale=1.0" in repr(transform)
