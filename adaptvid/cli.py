@@ -107,18 +107,22 @@ def _method_options(args: argparse.Namespace) -> dict:
     return {key[4:]: value for key, value in vars(args).items() if key.startswith("opt_") and value is not None}
 
 
+def _add_zero_shot(p) -> None:
+    p.add_argument("--backbone", help="with --zero-shot and no --checkpoint: a CLIP backbone name (adaptvid list)")
+    p.add_argument("--zero-shot", action="store_true", help="classify by text against the names in --classes")
+    p.add_argument("--classes", help="class names file (one per line)")
+    p.add_argument("--templates", help="prompt templates file, one per line with {} for the class name "
+                                       "(default: the classifier's own, or adaptvid's default ensemble)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip for --backbone (default 8)")
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint (or, zero-shot, a CLIP backbone) on a list file",
                        description="Evaluate a trained checkpoint on its classes; with --zero-shot, score the videos "
                                    "against the class names of --classes instead (a checkpoint trained on other "
                                    "classes, or a plain CLIP backbone: the frozen zero-shot baseline).")
     p.add_argument("--checkpoint", help="folder written by adaptvid adapt / save_adapter")
-    p.add_argument("--backbone", help="with --zero-shot and no --checkpoint: a CLIP backbone name (adaptvid list)")
-    p.add_argument("--zero-shot", action="store_true", help="classify by text against the names in --classes")
-    p.add_argument("--classes", help="class names file (one per line; labels in --data index it)")
-    p.add_argument("--templates", help="prompt templates file, one per line with {} for the class name "
-                                       "(default: the classifier's own, or adaptvid's default ensemble)")
-    p.add_argument("--frames", type=int, default=8, help="frames per clip for --backbone (default 8)")
+    _add_zero_shot(p)
     p.add_argument("--data", required=True, help="list file ('relative/path label' per line) or class-folder tree")
     p.add_argument("--data-root", help="folder the list paths are relative to")
     p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS, e.g. 4x3 (default 1x1)")
@@ -129,8 +133,9 @@ def _add_eval(sub) -> None:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="top-5 classes for each video")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("predict", help="top-5 classes for each video (of a checkpoint, or zero-shot)")
+    p.add_argument("--checkpoint", help="folder written by adaptvid adapt / save_adapter")
+    _add_zero_shot(p)
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS")
     p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
@@ -420,12 +425,12 @@ def _eval_model(args: argparse.Namespace):
 
     if not args.zero_shot:
         if not args.checkpoint:
-            raise SystemExit("adaptvid eval: pass --checkpoint DIR (or --zero-shot --backbone NAME --classes FILE)")
+            raise SystemExit(f"adaptvid {args.command}: pass --checkpoint DIR (or --zero-shot --backbone NAME --classes FILE)")
         return load_model(args.checkpoint, weights=args.weights)
     if not args.classes:
-        raise SystemExit("adaptvid eval --zero-shot: pass --classes FILE with the class names the labels refer to")
+        raise SystemExit(f"adaptvid {args.command} --zero-shot: pass --classes FILE with the class names to score")
     if bool(args.checkpoint) == bool(args.backbone):
-        raise SystemExit("adaptvid eval --zero-shot: pass exactly one of --checkpoint DIR or --backbone NAME")
+        raise SystemExit(f"adaptvid {args.command} --zero-shot: pass exactly one of --checkpoint DIR or --backbone NAME")
     names = read_class_names(args.classes)
     templates = read_templates(args.templates) if args.templates else None
     if args.backbone:
@@ -455,11 +460,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_model
     from .data import VideoSample, parse_views
 
     parse_views(args.views)
-    model = load_model(args.checkpoint, weights=args.weights).eval()
+    model = _eval_model(args).eval()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     samples = [VideoSample(str(Path(v).resolve()), 0) for v in args.videos]
     loader = _eval_loader(model, _recorded_data(model), samples, args.views, batch_size=1, num_workers=0)

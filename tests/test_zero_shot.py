@@ -72,3 +72,13 @@ def test_cli_zero_shot_from_a_backbone_and_from_a_checkpoint(demo, tmp_path, cap
         main(["eval", "--backbone", "tiny-clip", "--zero-shot", "--data", str(demo / "val.txt")])
     with pytest.raises(SystemExit, match="exactly one"):
         main(["eval", "--backbone", "tiny-clip", "--checkpoint", str(out), *common])
+
+
+def test_cli_predict_zero_shot_ranks_the_given_class_names(demo, capsys):
+    video = sorted((demo / "val").rglob("*.mp4"))[0]
+    assert main(["predict", "--zero-shot", "--backbone", "tiny-clip", "--frames", "4", "--classes",
+                 str(demo / "classes.txt"), str(video), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    top5 = result[0]["top5"]
+    assert len(top5) == 5 and {item["class"] for item in top5} <= set(demo_class_names())
+    assert abs(sum(item["score"] for item in top5) - 1) < 0.2 and top5[0]["score"] >= top5[-1]["score"]
