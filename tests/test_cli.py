@@ -164,3 +164,20 @@ def test_merge_command_folds_zeroi2v_and_keeps_the_predictions(demo, tmp_path, c
     assert results[0]["top1"] == results[1]["top1"] and results[0]["top5"] == results[1]["top5"]
     assert main(["merge", "--checkpoint", str(trained), "--output", str(merged)]) == 2  # never overwrites
     assert main(["merge", "--checkpoint", str(merged), "--output", str(tmp_path / "again")]) == 2  # nothing left
+
+
+@pytest.mark.parametrize("method", ["x-clip", "coop,vpt"])
+def test_text_side_methods_train_under_two_processes(method, demo, tmp_path):
+    """DDP with a text classifier, X-CLIP's (embedding, aux) encoder and learned prompts: no unused-parameter
+    errors, evaluation gathered across processes."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "adaptvid.cli",
+           "adapt", "--backbone", "tiny-clip", "--method", method, "--train", str(demo / "train.txt"),
+           "--val", str(demo / "val.txt"), "--classes", str(demo / "classes.txt"), "--output", str(out),
+           "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--no-progress", "--frames", "4"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert evals[-1]["num_videos"] == 12
