@@ -82,3 +82,18 @@ def test_cli_predict_zero_shot_ranks_the_given_class_names(demo, capsys):
     top5 = result[0]["top5"]
     assert len(top5) == 5 and {item["class"] for item in top5} <= set(demo_class_names())
     assert abs(sum(item["score"] for item in top5) - 1) < 0.2 and top5[0]["score"] >= top5[-1]["score"]
+
+
+TEXT_METHODS = sorted(name for name, spec in adaptvid.list_methods().items() if spec.needs_text)
+
+
+@pytest.mark.parametrize("method", TEXT_METHODS)
+def test_every_text_method_scores_another_class_set_or_says_why_not(method):
+    model = adaptvid.build_model("tiny-clip", method, class_names=demo_class_names()[:3], num_frames=4).eval()
+    try:
+        adaptvid.set_classes(model, OTHER)
+    except ValueError as error:      # class-specific learned context (vita-clip) cannot, and must say so
+        assert "cannot score other classes" in str(error)
+        return
+    with torch.no_grad():
+        assert model(tiny_video(frames=4)).shape == (2, len(OTHER)) and model.num_classes == len(OTHER)
