@@ -142,6 +142,25 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="video embeddings of a list of videos, for other tasks",
+                       description="Run a checkpoint (or a plain backbone: mean of its frame embeddings) over the "
+                                   "videos of a list file or class-folder tree; write OUTPUT.safetensors "
+                                   "(embeddings, labels, indices) and OUTPUT.json (the video paths in row order).")
+    p.add_argument("--checkpoint", help="folder written by adaptvid adapt / save_adapter")
+    p.add_argument("--backbone", help="instead of --checkpoint: a backbone name (its frozen frame embeddings, averaged)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip for --backbone (default 8)")
+    p.add_argument("--weights", help="backbone weights (default: the hub's, or those the checkpoint recorded)")
+    p.add_argument("--data", required=True, help="list file ('relative/path label' per line) or class-folder tree")
+    p.add_argument("--data-root", help="folder the list paths are relative to")
+    p.add_argument("--output", required=True, help="embeddings file, ending in .safetensors")
+    p.add_argument("--views", default="1x1", help="test views CLIPSxCROPS; a video's embedding is their mean")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
 def _add_profile(sub) -> None:
     p = sub.add_parser("profile", help="parameters, FLOPs and activation memory of a method on a backbone",
                        description="Count parameters, forward FLOPs per view (and over the views) against the bare "
@@ -211,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_embed(sub)
     _add_profile(sub)
     p = sub.add_parser("merge", help="fold mergeable methods (ZeroI2V, LoRA) into the backbone weights")
     p.add_argument("--checkpoint", required=True, help="a trained checkpoint folder")
@@ -489,6 +509,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed == len(samples) else 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import parse_views
+    from .embed import describe, embed_videos, save_embeddings
+    from .model import build_model
+
+    parse_views(args.views)
+    if bool(args.checkpoint) == bool(args.backbone):
+        raise SystemExit("adaptvid embed: pass exactly one of --checkpoint DIR or --backbone NAME")
+    if args.checkpoint:
+        model = load_model(args.checkpoint, weights=args.weights)
+    else:
+        model = build_model(args.backbone, "frozen", num_frames=args.frames, weights=args.weights)
+    samples, _ = load_samples(args.data, args.data_root)
+    loader = _eval_loader(model, _recorded_data(model), samples, args.views, args.batch_size, args.num_workers)
+    result = embed_videos(model, loader, normalize=args.normalize)
+    try:
+        path = save_embeddings(result, args.output, [s.path for s in samples],
+                               describe(model, args.views, args.normalize, args.checkpoint), overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as error:
+        raise SystemExit(f"adaptvid embed: {error}") from error
+    n, width = result["embeddings"].shape if len(result["embeddings"]) else (0, model.embed_dim)
+    print(f"{n} videos x {width} -> {path} (+ {path.with_suffix('.json').name}); {result['skipped']} skipped")
+    return 0 if n else 1
+
+
 # -- profile ---------------------------------------------------------------------------
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -561,8 +607,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"merge": cmd_merge, "adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "recipes": cmd_recipes, "split": cmd_split,
-            "profile": cmd_profile}
+COMMANDS = {"merge": cmd_merge, "adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "embed": cmd_embed,
+            "list": cmd_list, "recipes": cmd_recipes, "split": cmd_split, "profile": cmd_profile}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
