@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     for method in methods:
         # "zeroi2v+merged": the method folded into the frozen weights (adaptvid.merge), as deployed.
         name, merged = method.removesuffix("+merged"), method.endswith("+merged")
-        model = build_model(args.backbone, name, args.num_classes, weights=args.weights,
+        # Text-classifying methods need class names; placeholders cost what real names of similar length would.
+        names = [f"class {i}" for i in range(args.num_classes)] if get_method(name).needs_text else None
+        model = build_model(args.backbone, name, args.num_classes, class_names=names, weights=args.weights,
                             num_frames=args.frames, **options_for(name, options)).to(device)
         if merged:
             merge(model)
