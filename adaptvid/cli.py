@@ -573,15 +573,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reported(paper: dict) -> str:
+    """The paper's numbers in one phrase: top-1, zero-shot accuracies, or base/novel/harmonic mean."""
+    views = f" ({paper['views']} views)" if paper.get("views") else ""
+    if "top1" in paper:
+        return f"  paper top-1 {paper['top1']}{views}"
+    if isinstance(paper.get("zero_shot"), dict):
+        shown = ", ".join(f"{k} {v}" for k, v in paper["zero_shot"].items() if not str(k).endswith("*"))
+        return f"  paper zero-shot {shown}{views}"
+    if {"base", "novel", "hm"} <= set(paper):
+        return f"  paper base/novel/HM {paper['base']}/{paper['novel']}/{paper['hm']}{views}"
+    return ""
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from .recipes import find_recipe, list_recipes, load_recipe
 
     if args.action == "list":
-        for name in list_recipes():
+        names = list_recipes()
+        width = max(map(len, names), default=0)
+        for name in names:
             recipe = load_recipe(name)
-            paper = recipe.get("paper", {})
-            reported = f"  paper top-1 {paper['top1']} ({paper.get('views', '?')} views)" if "top1" in paper else ""
-            print(f"{name:<34} {recipe['backbone']} + {recipe['method']}{reported}")
+            print(f"{name:<{width}}  {recipe['backbone']} + {recipe['method']}{_reported(recipe.get('paper', {}))}")
         return 0
     if not args.name:
         raise SystemExit("adaptvid recipes show NAME")

@@ -115,6 +115,7 @@ def test_recipes_list_and_show(capsys):
     assert main(["recipes", "list"]) == 0
     listing = capsys.readouterr().out
     assert "st-adapter/k400-vit-b16-8f" in listing and "82.2" in listing and "demo" in listing
+    assert "paper base/novel/HM 76.4/61.1/67.9" in listing and "paper zero-shot HMDB-51 51.3" in listing
     assert main(["recipes", "show", "st-adapter/ssv2-vit-b16-8f"]) == 0
     assert "attn+mlp" in capsys.readouterr().out
     assert main(["recipes", "show", "nope"]) == 2
