@@ -10,17 +10,23 @@ import pytest
 from adaptvid.cli import main
 
 
-@pytest.mark.slow
-def test_st_adapter_learns_time_and_frozen_cannot(tmp_path):
+def _demo_top1(tmp_path, methods) -> dict:
+    """Validation top-1 of each method after the demo recipe's training (15 epochs, tiny-clip)."""
     demo = tmp_path / "demo"
     results = {}
-    for method in ("st-adapter", "frozen"):
+    for method in methods:
         out = tmp_path / method
         assert main(["adapt", "--demo", "--demo-dir", str(demo), "--method", method, "--output", str(out),
                      "--no-progress"]) == 0
         evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
         results[method] = evals[-1]["top1"]
     print(f"demo validation top-1: {results}")
+    return results
+
+
+@pytest.mark.slow
+def test_st_adapter_learns_time_and_frozen_cannot(tmp_path):
+    results = _demo_top1(tmp_path, ("st-adapter", "frozen"))
     assert results["st-adapter"] >= 90, results
     assert results["frozen"] <= 60, results
 
@@ -29,15 +35,7 @@ def test_st_adapter_learns_time_and_frozen_cannot(tmp_path):
 def test_text_side_methods_with_temporal_modules_learn_time_and_prompts_alone_cannot(tmp_path):
     """The text side on the same task: X-CLIP (message tokens + MIT) and Vita-CLIP (summary token across
     frames) see time; CoOp (a learned text context over mean-pooled frozen frames) cannot beat the pairs."""
-    demo = tmp_path / "demo"
-    results = {}
-    for method in ("x-clip", "vita-clip", "coop"):
-        out = tmp_path / method
-        assert main(["adapt", "--demo", "--demo-dir", str(demo), "--method", method, "--output", str(out),
-                     "--no-progress"]) == 0
-        evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
-        results[method] = evals[-1]["top1"]
-    print(f"demo validation top-1: {results}")
+    results = _demo_top1(tmp_path, ("x-clip", "vita-clip", "coop"))
     assert results["x-clip"] >= 90 and results["vita-clip"] >= 70, results
     assert results["coop"] <= 60, results
 
