@@ -2,7 +2,8 @@
 
 Layout of a checkpoint folder::
 
-    adapter.safetensors   the parameters with requires_grad=True, by their model names
+    adapter.safetensors   the parameters with requires_grad=True, by their model names, and the
+                          persistent buffers of the methods' own modules (BatchNorm running statistics)
     adaptvid.json         backbone name, weights spec, methods and their configs, classes, version
 
 Nothing here unpickles: safetensors holds tensors only, the config is JSON.
@@ -28,6 +29,9 @@ FORMAT_VERSION = 1
 logger = logging.getLogger("adaptvid")
 
 
+FROZEN_PREFIXES = ("backbone.tower.", "text.")  # the library towers: rebuilt from their own weights, never saved
+
+
 def saved_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """What a checkpoint holds: the trainable parameters, plus the whole tower once methods were merged into it."""
     merged = bool(getattr(model, "merged_methods", None))
@@ -35,8 +39,24 @@ def saved_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
             if p.requires_grad or (merged and name.startswith("backbone.tower."))}
 
 
+def saved_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The persistent buffers of the methods' own modules (e.g. BatchNorm running mean, variance and
+    batch count), by their ``state_dict`` names: every persistent buffer outside the frozen library
+    towers (``backbone.tower.``, ``text.``). A checkpoint holds them next to the trainable parameters,
+    so a module with running state comes back as it was trained."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return {name: t for name, t in model.state_dict(keep_vars=True).items()
+            if isinstance(t, torch.Tensor) and name not in parameters and not name.startswith(FROZEN_PREFIXES)}
+
+
+def saved_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Everything a checkpoint holds: ``saved_parameters`` and ``saved_buffers``, by their model names."""
+    return {**saved_parameters(model), **saved_buffers(model)}
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous().clone() for name, p in saved_parameters(model).items()}
+    """The tensors ``save_adapter`` writes (detached CPU copies): the saved parameters and buffers."""
+    return {name: t.detach().cpu().contiguous().clone() for name, t in saved_tensors(model).items()}
 
 
 def model_config(model, class_names: Optional[list[str]] = None) -> dict:
@@ -141,7 +161,9 @@ def load_model(directory, weights: Optional[str] = None, map_location: str = "cp
 
 
 def load_trainable(model, directory, map_location: str = "cpu") -> None:
-    """Load ``adapter.safetensors`` into the model's trainable parameters, refusing any mismatch."""
+    """Load ``adapter.safetensors`` into the model's trainable parameters and its methods' buffers
+    (``saved_tensors``), refusing any mismatch: a missing, unexpected or wrongly shaped tensor. A
+    checkpoint written before buffers were saved still loads into a model that has none."""
     path = Path(directory) / WEIGHTS_FILE
     try:
         tensors = load_file(str(path), device=map_location)
@@ -149,7 +171,7 @@ def load_trainable(model, directory, map_location: str = "cpu") -> None:
         raise
     except Exception as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
-    expected = saved_parameters(model)
+    expected = saved_tensors(model)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     wrong_shape = [f"{n} {tuple(tensors[n].shape)} != {tuple(p.shape)}"
