@@ -86,7 +86,11 @@ def test_local_mhra_is_the_identity_at_init_and_mixes_time_only_on_patches():
     torch.nn.init.normal_(module.up.weight)
     y = module(x, ctx)
     assert torch.equal(y[:, :prefix], x[:, :prefix]) and not torch.allclose(y, x)
-    # Only adjacent frames mix: changing frame 0 leaves frames 2 and 3 unchanged, frame 1 not.
+    # In eval mode (the BatchNorm's running statistics, not the batch's: in train mode every token
+    # shifts every other through the statistics) only adjacent frames mix: changing frame 0 leaves
+    # frames 2 and 3 unchanged, frame 1 not.
+    module.eval()
+    y = module(x, ctx)
     x2 = x.clone().reshape(2, t, prefix + 6, 8)
     x2[:, 0] += 1.0
     y2 = module(x2.reshape(2 * t, prefix + 6, 8), ctx).reshape(2, t, prefix + 6, 8)
@@ -166,6 +170,9 @@ def test_initialisation_follows_the_official_layout():
     local = _build().backbone.slots[0].before_attn["uniformerv2_local"]
     assert (local.down.out_features, local.up.in_features) == (int(d // 1.5),) * 2
     assert not local.up.weight.any() and not local.up.bias.any() and local.conv.weight.any()
+    # the official BatchNorm3d(d_model) first, on the patch tokens: weight 1, bias 0, running statistics
+    assert isinstance(local.norm, torch.nn.BatchNorm1d) and local.norm.num_features == d
+    assert torch.equal(local.norm.weight, torch.ones(d)) and not local.norm.bias.any()
 
 
 def test_options_and_limits():
@@ -220,6 +227,39 @@ def test_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(loaded(video), model(video), rtol=0, atol=0)
 
 
+def test_checkpoint_restores_the_local_batchnorm_statistics_after_training(tmp_path):
+    from safetensors.torch import load_file
+
+    from adaptvid.checkpoint import WEIGHTS_FILE, load_model
+
+    torch.manual_seed(0)
+    model = _build(mlp_dropout=0.0).train()                  # fine-tuned, with local MHRAs (x2 per block)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        torch.nn.functional.cross_entropy(model(tiny_video()), torch.tensor([1, 3])).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    assert len(norms) == 2 * model.backbone.depth
+    for norm in norms.values():
+        assert norm.num_batches_tracked == 3 and norm.running_mean.any() and not torch.equal(
+            norm.running_var, torch.ones_like(norm.running_var))
+    buffers = {f"{n}.{b}" for n in norms for b in ("running_mean", "running_var", "num_batches_tracked")}
+    assert buffers == {n for n, _ in model.named_buffers()}
+
+    model.save_adapter(tmp_path / "ckpt")
+    saved = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad} | buffers
+    loaded = load_model(tmp_path / "ckpt").eval()
+    video = tiny_video()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), model.eval()(video), rtol=0, atol=0)
+        for norm in norms.values():                           # without the statistics the logits differ
+            norm.reset_running_stats()
+        assert not torch.equal(model(video), loaded(video))
+
+
 def _decoder_count(d, k):
     dpe = d * 27 + d
     attn = 4 * d * d + 4 * d
@@ -229,7 +269,7 @@ def _decoder_count(d, k):
 
 def _local_count(d, blocks):
     r = int(d // 1.5)
-    return blocks * 2 * (2 * d + (d * r + r) + (3 * r + r) + (r * d + d))   # norm, down, dwconv, up
+    return blocks * 2 * (2 * d + (d * r + r) + (3 * r + r) + (r * d + d))   # BatchNorm, down, dwconv, up
 
 
 def test_vit_b16_parameter_counts_match_the_module_shapes():

@@ -81,3 +81,24 @@ class Bottleneck(nn.Module):
 
     def extra_repr(self) -> str:
         return f"skip={self.skip}, scale={self.scale}"
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of token tensors ``(..., C)``: the statistics of channel c are
+    taken over every other dimension (batch, frames, tokens), so on the patch tokens of a clip laid
+    out as ``(B, T, h*w, C)`` or ``(B*T, h*w, C)`` it computes what ``nn.BatchNorm3d(C)`` computes on
+    the same tokens as ``(B, C, T, h, w)`` (and ``nn.BatchNorm1d`` on ``(N, C)``): batch statistics
+    in train mode (running mean and variance updated, momentum 0.1), the running ones in eval mode.
+
+    It is an ``nn.BatchNorm1d``: the same parameters (weight 1, bias 0: the ``2C`` of a LayerNorm)
+    and buffers (``running_mean``, ``running_var``, ``num_batches_tracked``), which adaptvid
+    checkpoints save (``adaptvid.checkpoint.saved_buffers``). Under DDP it is plain, per-process
+    BatchNorm, as in the official Side4Video and UniFormerV2 runs (no SyncBatchNorm): each process
+    normalises with its own batch's statistics. ``nn.SyncBatchNorm.convert_sync_batchnorm`` would
+    replace it with a module that expects channels first; adaptvid never converts.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.num_features:
+            raise ValueError(f"TokenBatchNorm expected {self.num_features} channels last, got shape {tuple(x.shape)}")
+        return super().forward(x.reshape(-1, self.num_features)).reshape(x.shape)

@@ -10,20 +10,27 @@ frozen block. At side layer i (one per frozen block):
    its patch rows are averaged 50/50 with the side state
    (``x = 0.5 * x + 0.5 * proj_patches``), its prefix (CLS) rows are kept
    for step 3;
-2. temporal conv: ``x += pw2(dwconv_t(pw1(norm(x))))`` on the patch tokens:
+2. temporal conv: ``x += pw2(dwconv_t(pw1(bn(x))))`` on the patch tokens:
    pointwise C -> C, depthwise temporal conv 3x1x1 (zero padding), pointwise
    C -> C (the official 1x1x1 / 3x1x1 / 1x1x1 convs, no activation);
 3. attention with a CLS temporal shift: the projected frozen CLS of step 1 is
    shifted along time, half of its channels taken from frame t+1 and half from
    frame t-1 (zeros past the clip ends); the side patch tokens plus a learned
    spatial position embedding (one table shared by all layers) and that
-   shifted CLS are normalised; the patch tokens are the queries, all of them
+   shifted CLS go through a LayerNorm; the patch tokens are the queries, all of them
    (CLS included) the keys and values. Heads of width 64 (5 heads at C=320);
-4. MLP: ``x += fc2(GELU(fc1(norm(x))))``, 4x wide.
+4. MLP: ``x += fc2(GELU(fc1(bn(x))))``, 4x wide.
+
+``bn`` is BatchNorm over the channels (the official ``BatchNorm3d`` on the side
+state laid out as (B, C, T, h, w); here ``TokenBatchNorm`` from ``_blocks``,
+the same function on the (B, T, N, C) tokens): statistics over the batch,
+frames and patch tokens, batch statistics in train mode, running ones in eval
+mode. The norms on the frozen tokens (step 1) and before the attention (step 3)
+are LayerNorms, as officially.
 
 The side stream holds patch tokens only (the CLS enters each layer through the
-shift). Output: norm of every side token, then the mean over frames and patch
-tokens -> ``out_dim = C`` (not projected), then the model's Linear head.
+shift). Output: BatchNorm of every side token (the official
+``side_post_bn``), then the mean over frames and patch tokens -> ``out_dim = C`` (not projected), then the model's Linear head.
 
 Decisions (METHODS.md pins the width, the 50/50 fusion, the 3x1x1 depthwise
 conv and the half/half CLS shift; the rest follows the MIT-licensed
@@ -34,10 +41,12 @@ official ``Recognition/clip/model.py`` in structure, re-written here):
   fusion and fc1 weights N(0, (2C)^-1/2), attention in-projections
   N(0, C^-1/2), attention out-projection and fc2 N(0, C^-1/2 (2*depth)^-1/2),
   position table N(0, 0.01), biases zero, the conv layers PyTorch's default.
-* LayerNorm where the official side blocks use BatchNorm3d (before the
-  temporal conv, before the MLP, and the final norm): adaptvid checkpoints
-  keep trainable parameters only, so BatchNorm running statistics would be lost
-  on save/load (see the report's protocol gaps).
+* BatchNorm where the official side network has it (before the temporal conv,
+  before the MLP, and the final norm; weight 1, bias 0): its running statistics
+  are buffers, which adaptvid checkpoints save next to the trainable parameters,
+  so a reloaded model evaluates with the statistics it was trained with. Plain
+  per-process BatchNorm under DDP, as the official runs (no SyncBatchNorm).
+  Training from cached features gives the same batches, so the same statistics.
 * No pixel stem: the official side stream starts from its own 3D patch
   embedding of the raw frames (Conv3d 3 -> C, kernel 3xPxP, + BatchNorm3d). A
   ``set_decoder`` decoder sees block outputs only (that is what makes it
@@ -59,6 +68,7 @@ from torch import nn
 
 from ..backbones import FrameContext
 from ..backbones.base import merge_heads, split_heads
+from ._blocks import TokenBatchNorm
 from .registry import register_method
 
 
@@ -99,7 +109,7 @@ class SideBlock(nn.Module):
         self.num_heads = width // head_dim
         hidden = round(width * mlp_ratio)
         # temporal conv: pointwise, depthwise over time, pointwise (the official 1x1x1 / 3x1x1 / 1x1x1 Conv3d)
-        self.conv_norm = nn.LayerNorm(width)
+        self.conv_norm = TokenBatchNorm(width)   # the official bn_1 (BatchNorm3d)
         self.pw1 = nn.Linear(width, width)
         self.dw = nn.Conv1d(width, width, kernel_size=kernel_t, padding=kernel_t // 2, groups=width)
         self.pw2 = nn.Linear(width, width)
@@ -109,7 +119,7 @@ class SideBlock(nn.Module):
         self.kv_proj = nn.Linear(width, 2 * width)
         self.out_proj = nn.Linear(width, width)
         # MLP
-        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp_norm = TokenBatchNorm(width)    # the official bn_2 (BatchNorm3d)
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
         proj_std = width ** -0.5 * (2 * depth) ** -0.5
@@ -158,7 +168,7 @@ class Side4VideoDecoder(nn.Module):
         nn.init.normal_(self.position_embedding, std=0.01)
         self.blocks = nn.ModuleList(
             SideBlock(c, config.side_head_dim, config.mlp_ratio, config.kernel_t, depth) for _ in range(depth))
-        self.norm = nn.LayerNorm(c)
+        self.norm = TokenBatchNorm(c)   # the official side_post_bn (BatchNorm3d)
 
     def forward(self, layer_tokens: list[torch.Tensor], ctx: FrameContext, backbone) -> torch.Tensor:
         if len(layer_tokens) != len(self.layers):

@@ -6,11 +6,18 @@ Written from the paper and the official code's structure (OpenGVLab/UniFormerV2,
 
 1. **Local UniBlock** (``local``): a local temporal MHRA on the residual stream before the block's
    attention and, with ``double_local`` (the official default), a second one before its MLP.
-   On the patch tokens laid out as (T, h, w): norm -> 1x1x1 conv D -> D // 1.5 -> depthwise
+   On the patch tokens laid out as (T, h, w): BatchNorm -> 1x1x1 conv D -> D // 1.5 -> depthwise
    3x1x1 temporal conv -> 1x1x1 conv back to D, added as a residual; prefix (CLS) tokens pass
    unchanged. No non-linearity. The last conv (weight and bias) starts at zero, so the block
    starts as the image block; the other convs keep PyTorch's default init, as officially.
    The 1x1x1 convs are Linear layers on the token axis (the same function and the same init).
+   The BatchNorm is the official ``BatchNorm3d(D)`` over the clip's patch tokens as
+   (B, D, T, h, w), applied here by ``TokenBatchNorm`` (``_blocks``) to the (B*T, h*w, D) tokens:
+   per-channel statistics over batch, frames and patches (batch statistics in train mode, running
+   ones in eval mode; weight 1, bias 0). Its running statistics are buffers, saved in adaptvid
+   checkpoints next to the trainable parameters. Plain per-process BatchNorm under DDP, as the
+   official runs (no SyncBatchNorm). In the fine-tuned regime the tower's blocks run in train mode
+   with it; with ``frozen=True`` the local MHRAs still train (see below), statistics included.
 2. **Global UniBlock** (the decoder, over the last ``num_global_layers`` blocks): one learnable
    query token (zero-init) is carried through one decoder layer per block. Before layer i reads
    block ``depth-K+i``, that block's patch tokens get a dynamic position encoding, a depthwise
@@ -35,12 +42,8 @@ break DDP). ``frozen=True`` (the official "frozen" variant): the tower stays fro
 the local MHRAs (if any) and the head train. With ``local=False`` and ``frozen=True`` nothing inside
 the tower changes, so cached-feature training works.
 
-Deviations, where the protocol or checkpoint format asked for one:
+Deviations, where the protocol asked for one:
 
-* The official local MHRA normalises with BatchNorm3d. adaptvid checkpoints hold parameters only,
-  not buffers, so BatchNorm running statistics would be lost on reload; a LayerNorm over the channels
-  of each token stands in (same 2D parameters, no running state). The K400 recipes turn the local
-  blocks off anyway (``NO_LMHRA: True`` in the official K400 configs).
 * The official frozen variant freezes the local MHRAs with the tower (they sit inside its blocks);
   here they train, since a zero-init module that never trains is the identity.
 * Not available: the SSv2 configs' temporal down-sampling (a 3x16x16 patch embedding with stride 2
@@ -54,6 +57,7 @@ import torch
 from torch import nn
 
 from ..backbones import FrameContext
+from ._blocks import TokenBatchNorm
 from .evl import DecoderLayer
 from .registry import register_method
 
@@ -108,11 +112,11 @@ def _patch_grid(x: torch.Tensor, ctx: FrameContext, owner: str) -> tuple[torch.T
 
 
 class LocalMHRA(nn.Module):
-    """x + up(dwconv_t(down(norm(x)))) on the patch tokens; prefix tokens unchanged; zero at init."""
+    """x + up(dwconv_t(down(bn(x)))) on the patch tokens; prefix tokens unchanged; zero at init."""
 
     def __init__(self, width: int, hidden: int, kernel_t: int = 3) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(width)
+        self.norm = TokenBatchNorm(width)      # the official BatchNorm3d(d_model), first in pos_embed
         self.down = nn.Linear(width, hidden)        # a 1x1x1 conv: same function, same default init
         self.conv = nn.Conv3d(hidden, hidden, kernel_size=(kernel_t, 1, 1), padding=(kernel_t // 2, 0, 0),
                               groups=hidden)
