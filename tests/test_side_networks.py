@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from adaptvid import build_model, count_parameters
+from adaptvid.methods._blocks import TokenBatchNorm
 from adaptvid.methods.side4video import shift_cls
 from conftest import TINY_BACKBONES, check_one_training_step, tiny_video
 
@@ -149,18 +150,86 @@ def test_checkpoint_round_trip(method, tmp_path):
         torch.testing.assert_close(loaded(video), model(video), rtol=0, atol=0)
 
 
+def test_token_batchnorm_is_batchnorm3d_over_the_channels_of_the_token_layout():
+    torch.manual_seed(0)
+    b, t, h, w, c = 2, 3, 2, 4, 6
+    tokens, bn3d = TokenBatchNorm(c), torch.nn.BatchNorm3d(c)
+    with torch.no_grad():
+        tokens.weight.normal_()
+        tokens.bias.normal_()
+    bn3d.load_state_dict(tokens.state_dict())
+    channels_first = lambda z: z.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)   # noqa: E731
+    for _ in range(2):                  # train mode: batch statistics, the running ones updated alike
+        x = 3 * torch.randn(b, t, h * w, c) + 1
+        torch.testing.assert_close(channels_first(tokens(x)), bn3d(channels_first(x)))
+    for name, buffer in bn3d.state_dict().items():
+        torch.testing.assert_close(tokens.state_dict()[name], buffer)
+    assert tokens.num_batches_tracked == 2 and tokens.running_mean.any()
+    tokens.eval(), bn3d.eval()
+    x = torch.randn(b * t, h * w, c)    # eval mode, the (B*T, N, C) layout: the running statistics
+    torch.testing.assert_close(tokens(x).reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3),
+                               bn3d(x.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)))
+    with pytest.raises(ValueError, match="expected 6 channels last"):
+        tokens(torch.randn(2, 6, 5))
+
+
+def test_side4video_norms_follow_the_official_placement():
+    decoder = _build("side4video").decoder
+    batch_norms = [decoder.norm] + [n for block in decoder.blocks for n in (block.conv_norm, block.mlp_norm)]
+    for norm in batch_norms:            # the official BatchNorm3d: before the temporal conv, before the MLP, final
+        assert isinstance(norm, TokenBatchNorm) and norm.num_features == 32
+        assert torch.equal(norm.weight, torch.ones(32)) and not norm.bias.any()
+    layer_norms = [block.attn_norm for block in decoder.blocks] + list(decoder.fuse_norms)
+    assert all(type(norm) is torch.nn.LayerNorm for norm in layer_norms)   # before the attention; the fusion
+
+
+def test_side4video_checkpoint_restores_the_batchnorm_statistics_after_training(tmp_path):
+    from safetensors.torch import load_file
+
+    from adaptvid.checkpoint import WEIGHTS_FILE, load_model
+
+    torch.manual_seed(0)
+    model = _build("side4video").train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        torch.nn.functional.cross_entropy(model(tiny_video()), torch.tensor([1, 3])).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, TokenBatchNorm)}
+    assert len(norms) == 2 * model.backbone.depth + 1
+    for norm in norms.values():
+        assert norm.num_batches_tracked == 3 and norm.running_mean.any()
+    buffers = {f"{n}.{b}" for n in norms for b in ("running_mean", "running_var", "num_batches_tracked")}
+    assert buffers == {n for n, _ in model.named_buffers()}
+
+    model.save_adapter(tmp_path / "ckpt")
+    saved = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad} | buffers
+    for name in buffers:
+        assert torch.equal(saved[name], model.state_dict()[name]), name
+    loaded = load_model(tmp_path / "ckpt").eval()
+    video = tiny_video()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), model.eval()(video), rtol=0, atol=0)
+        for norm in norms.values():     # without the statistics the logits differ
+            norm.reset_running_stats()
+        assert not torch.equal(model(video), loaded(video))
+
+
 def test_vit_b16_parameter_counts():
     d, depth, grid = 768, 12, 14 * 14
     ln = lambda w: 2 * w                                                  # noqa: E731
+    bn = ln                                                               # BatchNorm affine: also 2C
     lin = lambda i, o: i * o + o                                          # noqa: E731
 
     model = build_model("clip", "side4video", num_classes=400, weights="random")
     trainable, total = count_parameters(model)
     c = 320
-    block = (ln(c) + 2 * lin(c, c) + 3 * c + c                            # temporal conv: norm, pw, dw 3x1x1, pw
-             + ln(c) + lin(c, c) + lin(c, 2 * c) + lin(c, c)              # attention: norm, q, kv, out
-             + ln(c) + lin(c, 4 * c) + lin(4 * c, c))                     # MLP
-    side = depth * (ln(d) + lin(d, c) + block) + grid * c + ln(c)         # + fusion per block, position table, norm
+    block = (bn(c) + 2 * lin(c, c) + 3 * c + c                            # temporal conv: BN, pw, dw 3x1x1, pw
+             + ln(c) + lin(c, c) + lin(c, 2 * c) + lin(c, c)              # attention: LayerNorm, q, kv, out
+             + bn(c) + lin(c, 4 * c) + lin(4 * c, c))                     # MLP: BN, fc1, fc2
+    side = depth * (ln(d) + lin(d, c) + block) + grid * c + bn(c)         # + fusion per block, position table, BN
     print(f"Side4Video ViT-B/16 trainable parameters excluding the head Linear: {trainable - lin(c, 400):,}")
     assert trainable - lin(c, 400) == side == 20_318_592
     assert total - trainable == 86_192_640                                # the untouched CLIP ViT-B/16 tower
