@@ -190,6 +190,59 @@ def test_saving_twice_and_round_trip_are_byte_identical(method, tmp_path):
             assert (folder / name).read_bytes() == reference, f"{folder / name} differs from {folders[0] / name}"
 
 
+# -- buffers of the methods' own modules (BatchNorm running statistics) --------------
+
+SIDE = dict(side_width=32, side_head_dim=16)   # side4video: BatchNorms in its side network
+
+
+def test_saved_buffers_are_the_persistent_buffers_outside_the_library_towers():
+    from adaptvid.checkpoint import saved_buffers
+
+    for method in METHODS:
+        assert saved_buffers(_build("tiny-clip", method)) == {}
+    model = _build("tiny-clip", "st-adapter")
+    model.backbone.tower.register_buffer("probe", torch.ones(2))              # library tower: rebuilt, not saved
+    model.head.register_buffer("scratch", torch.ones(2), persistent=False)    # not in the state dict
+    model.head.register_buffer("stats", torch.zeros(2))
+    assert set(saved_buffers(model)) == {"head.stats"}
+
+
+def test_method_buffers_are_saved_restored_and_byte_identical(tmp_path):
+    model = _trained("tiny-clip", "side4video", **SIDE)     # one training step: running statistics moved
+    buffers = {name: b for name, b in model.named_buffers()}
+    assert buffers and any(name.endswith("running_mean") and b.any() for name, b in buffers.items())
+    folders = [tmp_path / f"save{i}" for i in range(3)]
+    for folder in folders:
+        model.save_adapter(folder, class_names=CLASSES)
+    tensors = load_file(str(folders[0] / WEIGHTS_FILE))
+    assert set(tensors) == _trainable_names(model) | set(buffers)
+    for name, buffer in buffers.items():
+        assert torch.equal(tensors[name], buffer), name
+    loaded = load_model(folders[0])
+    loaded.save_adapter(tmp_path / "reloaded", class_names=CLASSES)
+    folders.append(tmp_path / "reloaded")
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        reference = (folders[0] / name).read_bytes()
+        for folder in folders[1:]:
+            assert (folder / name).read_bytes() == reference, f"{folder / name} differs from {folders[0] / name}"
+    torch.testing.assert_close(_outputs(loaded), _outputs(model), rtol=0, atol=0)
+
+
+def test_a_checkpoint_without_buffers_is_refused_only_where_the_model_has_them(checkpoints, tmp_path):
+    model = _trained("tiny-clip", "side4video", **SIDE)
+    model.save_adapter(tmp_path / "side", class_names=CLASSES)
+    parameters_only = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    target = _copy_with_tensors(tmp_path / "side", tmp_path / "side-old", parameters_only)
+    with pytest.raises(ValueError) as info:
+        load_model(target)
+    message = str(info.value)
+    assert str(target / WEIGHTS_FILE) in message and "do not match" in message and "running_mean" in message
+    # a model without buffers: the checkpoint of parameters only is all there is, and it loads
+    _, directory = checkpoints("tiny-clip", "st-adapter")
+    old = _copy_with_tensors(directory, tmp_path / "st-old", load_file(str(directory / WEIGHTS_FILE)))
+    torch.testing.assert_close(_outputs(load_model(old)), _outputs(load_model(directory)), rtol=0, atol=0)
+
+
 # -- backbone weights ---------------------------------------------------------------
 
 def test_weights_override_loads_another_tower(checkpoints, tmp_path):
