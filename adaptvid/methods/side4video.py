@@ -30,7 +30,8 @@ are LayerNorms, as officially.
 
 The side stream holds patch tokens only (the CLS enters each layer through the
 shift). Output: BatchNorm of every side token (the official
-``side_post_bn``), then the mean over frames and patch tokens -> ``out_dim = C`` (not projected), then the model's Linear head.
+``side_post_bn``), then the mean over frames and patch tokens -> ``out_dim = C``
+(not projected), then the model's Linear head.
 
 Decisions (METHODS.md pins the width, the 50/50 fusion, the 3x1x1 depthwise
 conv and the half/half CLS shift; the rest follows the MIT-licensed
