@@ -61,3 +61,41 @@ def fixed_batch_losses(model, video, labels, steps: int = 10, lr: float = 1e-2, 
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def check_batchnorm_checkpoint_round_trip(model, norm_type, count: int, tmp_path) -> None:
+    """Three training steps, then: each of the ``count`` ``norm_type`` modules tracked statistics, the checkpoint
+    holds exactly the trainable parameters and those norms' buffers, a reload gives identical eval logits, and
+    without the statistics the logits differ."""
+    from safetensors.torch import load_file
+
+    from adaptvid.checkpoint import WEIGHTS_FILE, load_model
+
+    torch.manual_seed(0)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        torch.nn.functional.cross_entropy(model(tiny_video()), torch.tensor([1, 3])).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, norm_type)}
+    assert len(norms) == count
+    for norm in norms.values():
+        assert norm.num_batches_tracked == 3 and norm.running_mean.any() and not torch.equal(
+            norm.running_var, torch.ones_like(norm.running_var))
+    buffers = {f"{n}.{b}" for n in norms for b in ("running_mean", "running_var", "num_batches_tracked")}
+    assert buffers == {n for n, _ in model.named_buffers()}
+
+    model.save_adapter(tmp_path / "ckpt")
+    saved = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad} | buffers
+    for name in buffers:
+        assert torch.equal(saved[name], model.state_dict()[name]), name
+    loaded = load_model(tmp_path / "ckpt").eval()
+    video = tiny_video()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), model.eval()(video), rtol=0, atol=0)
+        for norm in norms.values():     # without the statistics the logits differ
+            norm.reset_running_stats()
+        assert not torch.equal(model(video), loaded(video))

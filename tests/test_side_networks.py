@@ -5,7 +5,7 @@ import torch
 from adaptvid import build_model, count_parameters
 from adaptvid.methods._blocks import TokenBatchNorm
 from adaptvid.methods.side4video import shift_cls
-from conftest import TINY_BACKBONES, check_one_training_step, tiny_video
+from conftest import TINY_BACKBONES, check_batchnorm_checkpoint_round_trip, check_one_training_step, tiny_video
 
 # Narrow widths keep the tiny models fast; the defaults are checked on ViT-B/16 below.
 SMALL = {"side4video": dict(side_width=32, side_head_dim=16),
@@ -184,37 +184,8 @@ def test_side4video_norms_follow_the_official_placement():
 
 
 def test_side4video_checkpoint_restores_the_batchnorm_statistics_after_training(tmp_path):
-    from safetensors.torch import load_file
-
-    from adaptvid.checkpoint import WEIGHTS_FILE, load_model
-
-    torch.manual_seed(0)
-    model = _build("side4video").train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for seed in range(3):
-        torch.manual_seed(seed)
-        torch.nn.functional.cross_entropy(model(tiny_video()), torch.tensor([1, 3])).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, TokenBatchNorm)}
-    assert len(norms) == 2 * model.backbone.depth + 1
-    for norm in norms.values():
-        assert norm.num_batches_tracked == 3 and norm.running_mean.any()
-    buffers = {f"{n}.{b}" for n in norms for b in ("running_mean", "running_var", "num_batches_tracked")}
-    assert buffers == {n for n, _ in model.named_buffers()}
-
-    model.save_adapter(tmp_path / "ckpt")
-    saved = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
-    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad} | buffers
-    for name in buffers:
-        assert torch.equal(saved[name], model.state_dict()[name]), name
-    loaded = load_model(tmp_path / "ckpt").eval()
-    video = tiny_video()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(video), model.eval()(video), rtol=0, atol=0)
-        for norm in norms.values():     # without the statistics the logits differ
-            norm.reset_running_stats()
-        assert not torch.equal(model(video), loaded(video))
+    model = _build("side4video")
+    check_batchnorm_checkpoint_round_trip(model, TokenBatchNorm, 2 * model.backbone.depth + 1, tmp_path)
 
 
 def test_vit_b16_parameter_counts():

@@ -8,7 +8,7 @@ from adaptvid import build_model, count_parameters
 from adaptvid.backbones import FrameContext
 from adaptvid.methods.uniformerv2 import LocalMHRA
 from adaptvid.train.schedule import parameter_groups
-from conftest import TINY_BACKBONES, tiny_video
+from conftest import TINY_BACKBONES, check_batchnorm_checkpoint_round_trip, tiny_video
 
 
 def _build(backbone="tiny-clip", **options):
@@ -228,36 +228,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_checkpoint_restores_the_local_batchnorm_statistics_after_training(tmp_path):
-    from safetensors.torch import load_file
-
-    from adaptvid.checkpoint import WEIGHTS_FILE, load_model
-
-    torch.manual_seed(0)
-    model = _build(mlp_dropout=0.0).train()                  # fine-tuned, with local MHRAs (x2 per block)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for seed in range(3):
-        torch.manual_seed(seed)
-        torch.nn.functional.cross_entropy(model(tiny_video()), torch.tensor([1, 3])).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
-    assert len(norms) == 2 * model.backbone.depth
-    for norm in norms.values():
-        assert norm.num_batches_tracked == 3 and norm.running_mean.any() and not torch.equal(
-            norm.running_var, torch.ones_like(norm.running_var))
-    buffers = {f"{n}.{b}" for n in norms for b in ("running_mean", "running_var", "num_batches_tracked")}
-    assert buffers == {n for n, _ in model.named_buffers()}
-
-    model.save_adapter(tmp_path / "ckpt")
-    saved = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
-    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad} | buffers
-    loaded = load_model(tmp_path / "ckpt").eval()
-    video = tiny_video()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(video), model.eval()(video), rtol=0, atol=0)
-        for norm in norms.values():                           # without the statistics the logits differ
-            norm.reset_running_stats()
-        assert not torch.equal(model(video), loaded(video))
+    model = _build(mlp_dropout=0.0)                          # fine-tuned, with local MHRAs (x2 per block)
+    check_batchnorm_checkpoint_round_trip(model, torch.nn.BatchNorm1d, 2 * model.backbone.depth, tmp_path)
 
 
 def _decoder_count(d, k):
