@@ -1,18 +1,38 @@
-"""adaptvid: turn frozen image foundation models into video models."""
-__version__ = "0.1.0"
+"""adaptvid: turn frozen image foundation models into video models.
 
-from . import methods  # noqa: E402,F401  (registers the built-in methods)
-from .backbones import BackboneLoadError, create_backbone, list_backbones  # noqa: E402
-from .checkpoint import load_model  # noqa: E402
-from .methods import get_method, list_methods, register_method  # noqa: E402
-from .merge import merge  # noqa: E402
-from .model import VideoModel, build_model, count_parameters  # noqa: E402
-from .zero_shot import set_classes, zero_shot_model  # noqa: E402
-from .xclip_hf import load_xclip  # noqa: E402
-from .init_from import init_from  # noqa: E402
+The layers, lowest first (each imports only from those below it; tests/test_layers.py checks):
+data, backbones < text < methods < model < checkpoints < tasks < train < runner < cli.
 
-__all__ = [
-    "__version__", "BackboneLoadError", "VideoModel", "build_model", "count_parameters",
-    "create_backbone", "get_method", "list_backbones", "list_methods", "load_model", "merge", "register_method",
-    "set_classes", "zero_shot_model", "init_from",
-]
+The names below are imported on first use (PEP 562), so ``import adaptvid`` and
+``adaptvid --version`` cost nothing until torch is needed.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BackboneLoadError": "backbones", "create_backbone": "backbones", "list_backbones": "backbones",
+    "get_method": "methods", "list_methods": "methods", "register_method": "methods",
+    "VideoModel": "model", "build_model": "model", "count_parameters": "model", "merge": "model",
+    "set_classes": "model", "zero_shot_model": "model",
+    "init_from": "checkpoints", "load_model": "checkpoints", "load_xclip": "checkpoints",
+    "export_peft_adapter": "checkpoints", "load_peft_adapter": "checkpoints",
+    "adapt": "runner", "embed": "runner", "evaluate": "runner", "merge_checkpoint": "runner", "predict": "runner",
+    "resolve_settings": "runner",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value   # once imported, an ordinary attribute
+        return value
+    raise AttributeError(f"module 'adaptvid' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

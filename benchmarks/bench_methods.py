@@ -2,7 +2,7 @@
 
 For each method: inference time and training-step time as multiples of the
 bare backbone's inference forward, clips/s, and the activation memory of one
-training step against full fine-tuning (``adaptvid.profile``). With
+training step against full fine-tuning (``adaptvid.model.profile``). With
 ``--peak-tflops``, model-FLOPs utilisation from the counted FLOPs.
 
     python benchmarks/bench_methods.py --backbone tiny-clip            # seconds, CPU
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
 from adaptvid import build_model, get_method, merge  # noqa: E402
-from adaptvid.profile import bare_backbone, countable_attention, profile_model  # noqa: E402
-from adaptvid.recipes import parse_value  # noqa: E402
+from adaptvid.model.profile import bare_backbone, countable_attention, profile_model  # noqa: E402
+from adaptvid.runner.recipes import parse_value  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

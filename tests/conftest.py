@@ -69,7 +69,7 @@ def check_batchnorm_checkpoint_round_trip(model, norm_type, count: int, tmp_path
     without the statistics the logits differ."""
     from safetensors.torch import load_file
 
-    from adaptvid.checkpoint import WEIGHTS_FILE, load_model
+    from adaptvid.checkpoints import WEIGHTS_FILE, load_model
 
     torch.manual_seed(0)
     model.train()

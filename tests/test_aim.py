@@ -211,7 +211,7 @@ def tmp_demo(tmp_path_factory):
 
 @pytest.mark.parametrize("name", AIM_RECIPES)
 def test_recipe_is_complete(name):
-    from adaptvid.recipes import load_recipe
+    from adaptvid.runner.recipes import load_recipe
 
     recipe = load_recipe(name)
     assert recipe["method"] == "aim" and recipe["backbone"] == "clip"

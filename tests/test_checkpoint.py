@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import adaptvid
 from adaptvid import build_model, count_parameters, create_backbone, load_model
-from adaptvid.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from adaptvid.checkpoints import CONFIG_FILE, WEIGHTS_FILE
 from conftest import TINY_BACKBONES, tiny_video
 
 METHODS = ("frozen", "full", "st-adapter")
@@ -196,7 +196,7 @@ SIDE = dict(side_width=32, side_head_dim=16)   # side4video: BatchNorms in its s
 
 
 def test_saved_buffers_are_the_persistent_buffers_outside_the_library_towers():
-    from adaptvid.checkpoint import saved_buffers
+    from adaptvid.checkpoints import saved_buffers
 
     for method in METHODS:
         assert saved_buffers(_build("tiny-clip", method)) == {}

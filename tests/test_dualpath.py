@@ -292,7 +292,7 @@ def tmp_demo(tmp_path_factory):
 
 def test_recipe_is_complete():
     from adaptvid.methods.dualpath import DualPathConfig
-    from adaptvid.recipes import load_recipe
+    from adaptvid.runner.recipes import load_recipe
 
     recipe = load_recipe(RECIPE)
     assert recipe["method"] == "dualpath" and recipe["backbone"] == "clip"

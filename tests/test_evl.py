@@ -119,7 +119,7 @@ def test_options_and_limits():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from adaptvid.checkpoint import load_model
+    from adaptvid.checkpoints import load_model
 
     model = _build().eval()
     for p in model.decoder.parameters():
@@ -158,7 +158,7 @@ def demo(tmp_path_factory):
 
 def test_recipe_runs(demo, tmp_path):
     from adaptvid.cli import main
-    from adaptvid.recipes import load_recipe
+    from adaptvid.runner.recipes import load_recipe
 
     recipe = load_recipe("evl/k400-vit-b16-8f")
     assert recipe["paper"]["trainable_params_excl_head"] == 32_875_776

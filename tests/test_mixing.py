@@ -4,7 +4,7 @@ import torch
 
 import adaptvid
 from adaptvid.train import TrainConfig, fit
-from adaptvid.train.mixing import Mixer, soft_cross_entropy
+from adaptvid.tasks.mixing import Mixer, soft_cross_entropy
 from conftest import tiny_video
 
 

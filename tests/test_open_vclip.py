@@ -200,7 +200,7 @@ def test_iwo_gradient_is_the_loss_gradient_at_the_interpolated_weights():
 
 
 def test_flops_overhead_is_the_tripled_attention_on_vit_b16():
-    from adaptvid.profile import profile_model
+    from adaptvid.model.profile import profile_model
 
     model = adaptvid.build_model("clip", "open-vclip", class_names=["a"], weights="random",
                                  keep_original_weights=False, ovc_iwo_weight=0).to("meta")

@@ -7,7 +7,7 @@ second per model. Parameter counts live in each method's own tests.
 import pytest
 
 import adaptvid
-from adaptvid.profile import profile_model
+from adaptvid.model.profile import profile_model
 
 OFFICIAL = [  # method, options, FLOPs ratio vs the bare image tower
     ("st-adapter", {"placement": "mlp"}, 1.0791),

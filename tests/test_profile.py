@@ -1,4 +1,4 @@
-"""adaptvid.profile and `adaptvid profile`: parameters, FLOPs against the bare tower, activation memory."""
+"""adaptvid.model.profile and `adaptvid profile`: parameters, FLOPs against the bare tower, activation memory."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from adaptvid import build_model, count_parameters
 from adaptvid.cli import main
-from adaptvid.profile import bare_backbone, format_profile, profile_model
+from adaptvid.model.profile import bare_backbone, format_profile, profile_model
 from conftest import TINY_BACKBONES, tiny_video
 
 

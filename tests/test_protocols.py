@@ -1,5 +1,6 @@
 """Evaluation protocols: seeded K-shot lists, base/novel class halves, harmonic mean, re-pointing at new classes."""
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,8 +8,9 @@ import torch
 import adaptvid
 from adaptvid.cli import main
 from adaptvid.data import read_class_names, read_list_file
-from adaptvid.protocols import (ListEntry, base_novel_split, base_to_novel_report, few_shot, harmonic_mean, mean_std,
-                                read_list_entries, split_classes, with_classes)
+from adaptvid.data.splits import (ListEntry, base_novel_split, base_to_novel_report, few_shot, harmonic_mean, mean_std,
+                                read_list_entries, split_classes)
+from adaptvid import set_classes
 from conftest import tiny_video
 
 NAMES = [f"action {i}" for i in range(5)]
@@ -68,6 +70,15 @@ def test_class_halves_by_index_frequency_and_seed():
         split_classes(5, "frequency")
 
 
+def test_split_few_shot_output_elsewhere_resolves_from_its_own_folder(dataset, tmp_path):
+    """Before: the written list kept the source list's relative paths and resolved nowhere."""
+    out = tmp_path / "elsewhere" / "deeper" / "train_2shot.txt"
+    assert main(["split", "few-shot", "--list", str(dataset / "train.txt"), "--shots", "2", "--output", str(out)]) == 0
+    written = read_list_file(out)
+    videos = (dataset / "videos").resolve()
+    assert len(written) == 10 and all(Path(s.path).resolve().is_relative_to(videos) for s in written)
+
+
 def test_split_base_novel_command_writes_classes_and_relabelled_lists(dataset):
     out = dataset / "b2n"
     assert main(["split", "base-novel", "--classes", str(dataset / "classes.txt"), "--output-dir", str(out),
@@ -75,7 +86,10 @@ def test_split_base_novel_command_writes_classes_and_relabelled_lists(dataset):
     assert read_class_names(out / "base_classes.txt") == NAMES[:3]
     assert read_class_names(out / "novel_classes.txt") == NAMES[3:]
     novel_val = read_list_entries(out / "novel_val.txt")
-    assert novel_val == [ListEntry("videos/c3/val.mp4", 0), ListEntry("videos/c4/val.mp4", 1)]
+    # paths rewritten to resolve from the written list's own folder
+    assert novel_val == [ListEntry("../videos/c3/val.mp4", 0), ListEntry("../videos/c4/val.mp4", 1)]
+    assert [Path(s.path).resolve() for s in read_list_file(out / "novel_val.txt")] == [
+        (dataset / "videos/c3/val.mp4").resolve(), (dataset / "videos/c4/val.mp4").resolve()]
     assert Counter(e.label for e in read_list_entries(out / "base_train.txt")) == {0: 20, 1: 19, 2: 18}
     few = read_list_entries(out / "base_train_2shot_seed1.txt")
     assert Counter(e.label for e in few) == {0: 2, 1: 2, 2: 2}
@@ -98,14 +112,14 @@ def test_harmonic_mean_and_report():
 
 
 @pytest.mark.parametrize("method", ["vifi-clip", "open-vclip"])
-def test_with_classes_rebuilds_the_text_classifier_for_new_names(method):
+def test_set_classes_rebuilds_the_text_classifier_for_new_names(method):
     model = adaptvid.build_model("tiny-clip", method, class_names=NAMES[:3], num_frames=4).eval()
     head_type, templates = type(model.head), model.head.templates
     other = ["juggling balls", "riding a horse"]
     fresh = adaptvid.build_model("tiny-clip", method, class_names=other, num_frames=4).eval()
     with torch.no_grad():
         model(tiny_video())  # fills the class-embedding cache for the old names
-        same = with_classes(model, other)
+        same = set_classes(model, other)
         assert same is model and model.class_names == other and model.num_classes == 2
         assert type(model.head) is head_type and model.head.templates == templates
         assert torch.allclose(model(tiny_video()), fresh(tiny_video()), atol=1e-6)

@@ -139,7 +139,7 @@ def test_options_and_limits():
 
 @pytest.mark.parametrize("method", ["side4video", "dist"])
 def test_checkpoint_round_trip(method, tmp_path):
-    from adaptvid.checkpoint import load_model
+    from adaptvid.checkpoints import load_model
 
     model = _build(method).eval()
     _randomise(model.decoder if method == "side4video" else model.video_encoder)
@@ -231,7 +231,7 @@ def demo(tmp_path_factory):
                                                  ("dist/k400-vit-b16-8f", 16, 8_927_904)])
 def test_recipe_runs(name, frames, count, demo, tmp_path):
     from adaptvid.cli import main
-    from adaptvid.recipes import load_recipe
+    from adaptvid.runner.recipes import load_recipe
 
     recipe = load_recipe(name)
     assert recipe["paper"]["top1"] == 83.6 and recipe["paper"]["trainable_params_excl_head"] == count

@@ -57,7 +57,7 @@ def test_efficient_prompt_counts_the_official_parameters_on_vit_b16():
 
 
 def test_efficient_prompt_flops_overhead_matches_the_official_code():
-    from adaptvid.profile import profile_model
+    from adaptvid.model.profile import profile_model
 
     model = adaptvid.build_model("clip", "efficient-prompt", class_names=["a", "b"], num_frames=8,
                                  weights="random").to("meta")
@@ -288,7 +288,7 @@ def test_loss_goes_down_on_a_fixed_batch(method, backbone):
 @pytest.mark.parametrize("method,backbone", [("efficient-prompt", "tiny-clip"), ("actionclip", "tiny-hf-clip"),
                                              ("text4vis", "tiny-clip"), ("atp", "tiny-vit"), ("singularity", "tiny-clip")])
 def test_checkpoint_round_trip(method, backbone, tmp_path):
-    from adaptvid.checkpoint import load_model
+    from adaptvid.checkpoints import load_model
 
     model = _model(backbone, method)
     video = tiny_video(frames=FRAMES)

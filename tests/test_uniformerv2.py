@@ -210,7 +210,7 @@ def test_features_can_be_cached_when_nothing_inside_the_tower_changes():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from adaptvid.checkpoint import load_model
+    from adaptvid.checkpoints import load_model
 
     model = _build().eval()                                   # fine-tuned, with local MHRAs
     for name, p in model.named_parameters():
@@ -245,7 +245,7 @@ def _local_count(d, blocks):
 
 
 def test_vit_b16_parameter_counts_match_the_module_shapes():
-    from adaptvid.recipes import load_recipe
+    from adaptvid.runner.recipes import load_recipe
 
     d, head = 768, 768 * 400 + 400
     model = build_model("clip", "uniformerv2", num_classes=400, weights="random", frozen=True)

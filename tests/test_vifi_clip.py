@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import adaptvid
-from adaptvid.checkpoint import WEIGHTS_FILE
+from adaptvid.checkpoints import WEIGHTS_FILE
 from adaptvid.methods.vifi_clip import word_embedding_module
 from adaptvid.text import PHOTO_TEMPLATE, TextClassifier, scaled_cosine
 from conftest import check_one_training_step, fixed_batch_losses, tiny_video
@@ -117,7 +117,7 @@ def test_init_from_loads_the_bridge_towers_into_the_frozen_prompt_model(bridge, 
     directory, stage1 = bridge
     model = _build(method="coop,vpt", ctx_tokens=4, vpt_tokens=2)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    report = adaptvid.init_from(model, directory)
+    report = adaptvid.checkpoints.init_from(model, directory)
     saved = load_file(str(directory / WEIGHTS_FILE))   # the whole image tower and text tower (but its word table)
     assert report["loaded"] == len(saved) and report["skipped"] == [] and report["loaded_names"] == sorted(saved)
     params = dict(model.named_parameters())
@@ -139,7 +139,7 @@ def test_init_from_refuses_a_checkpoint_without_tower_tensors(tmp_path):
     adapter = adaptvid.build_model("tiny-clip", "st-adapter", num_classes=3, num_frames=4, bottleneck=8)
     adapter.save_adapter(tmp_path)
     with pytest.raises(ValueError, match="no tower or text tensor"):
-        adaptvid.init_from(_build(method="coop"), tmp_path)
+        adaptvid.checkpoints.init_from(_build(method="coop"), tmp_path)
 
 
 def test_init_from_refuses_shape_mismatch_and_other_backbones(bridge, tmp_path):
@@ -150,6 +150,6 @@ def test_init_from_refuses_shape_mismatch_and_other_backbones(bridge, tmp_path):
     save_file(tensors, str(tmp_path / "bad" / WEIGHTS_FILE))
     (tmp_path / "bad" / "adaptvid.json").write_text((directory / "adaptvid.json").read_text())
     with pytest.raises(ValueError, match="shapes differ"):
-        adaptvid.init_from(_build(method="coop"), tmp_path / "bad")
+        adaptvid.checkpoints.init_from(_build(method="coop"), tmp_path / "bad")
     with pytest.raises(ValueError, match="backbone 'tiny-clip'"):
-        adaptvid.init_from(_build("tiny-hf-clip", method="coop"), directory)
+        adaptvid.checkpoints.init_from(_build("tiny-hf-clip", method="coop"), directory)

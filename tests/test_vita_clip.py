@@ -6,7 +6,7 @@ import torch
 
 from adaptvid import build_model, count_parameters, load_model
 from adaptvid.methods.vita_clip import FrameAttention, VitaClassifier
-from adaptvid.profile import profile_model
+from adaptvid.model.profile import profile_model
 from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
 CLASSES = ["square growing", "disc fading", "red turning blue"]

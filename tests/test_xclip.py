@@ -229,7 +229,7 @@ def test_wrong_frame_count_and_bad_options_are_clear():
 # -- CLIP ViT-B/16, 8 frames: the official code's counts (METHODS.md section 8) -----------------
 
 def test_vit_b16_parameters_and_flops_match_the_official_code():
-    from adaptvid.profile import profile_model
+    from adaptvid.model.profile import profile_model
 
     names = [f"class {i}" for i in range(400)]
     model = adaptvid.build_model("clip", "x-clip", class_names=names, weights="random", num_frames=8)

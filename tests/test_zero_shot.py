@@ -79,7 +79,7 @@ def test_cli_predict_zero_shot_ranks_the_given_class_names(demo, capsys):
     assert main(["predict", "--zero-shot", "--backbone", "tiny-clip", "--frames", "4", "--classes",
                  str(demo / "classes.txt"), str(video), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    top5 = result[0]["top5"]
+    top5 = result[0]["top"]
     assert len(top5) == 5 and {item["class"] for item in top5} <= set(demo_class_names())
     assert abs(sum(item["score"] for item in top5) - 1) < 0.2 and top5[0]["score"] >= top5[-1]["score"]
 

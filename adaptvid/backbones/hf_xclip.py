@@ -4,8 +4,8 @@ The vision tower of ``XCLIPModel`` is a CLIP ViT whose layers also hold X-CLIP's
 (``message_fc``, ``message_ln``, ``message_attn``). The wrapper takes those out of the library's
 layers, so the tower is a plain CLIP image tower like any other backbone (its blocks run without
 message tokens), and keeps them, with the model's MIT, prompt modules and logit scale, for the
-``x-clip`` method: applied to this backbone, it copies them into its own modules
-(``load_xclip_modules``). The text side (``text_model``, ``text_projection``, ``logit_scale``) is
+X-CLIP weight importer (``adaptvid/checkpoints/xclip_transformers.py``), which copies them into
+the ``x-clip`` method's modules when a model is built on this backbone. The text side (``text_model``, ``text_projection``, ``logit_scale``) is
 CLIP's and is used as it is by ``HFClipTextEncoder``.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ class _Stats:
 
 class HFXClipBackbone(HFClipBackbone):
     library = "transformers"
+    carries_method_weights = True   # its X-CLIP modules are imported into an x-clip model (adaptvid.checkpoints)
 
     def __init__(self, name: str, xclip_model: nn.Module, tokenizer=None, image_processor=None) -> None:
         if not hasattr(xclip_model, "mit") or not hasattr(xclip_model, "prompts_generator"):
@@ -67,12 +68,16 @@ class HFXClipBackbone(HFClipBackbone):
             views.append(dataclasses.replace(view, forward=forward))
         return views
 
-    def load_xclip_modules(self, model) -> None:
-        """Copy this checkpoint's X-CLIP modules into the x-clip method's modules of ``model``."""
-        from ..xclip_hf import transfer_xclip_weights
+    @property
+    def xclip_model(self) -> nn.Module:
+        """The library's XCLIPModel (its MIT and prompt modules are read by the X-CLIP weight importer)."""
+        return self._xclip[0]
 
-        transfer_xclip_weights(model, self._xclip[0], self._messages)
-        self._messages = None   # copied: the model holds them now (they are 40% of a B/16 tower's size)
+    def take_message_modules(self) -> Optional[list[dict]]:
+        """The per-layer message modules taken out of the library's layers, handed over once (they are
+        40% of a B/16 tower's size); None once a model took them."""
+        messages, self._messages = self._messages, None
+        return messages
 
 
 def load_hf_xclip_backbone(name: str, source: str, weights: Optional[str]) -> HFXClipBackbone:

@@ -122,26 +122,30 @@ class VideoDataset(Dataset):
         except VideoReadError as exc:
             # The message names the file and the reason; the batch goes on without it.
             logger.warning("skipping unreadable video: %s", exc)
-            return None
+            return {"unreadable": int(index)}
         return {"video": video, "label": int(sample.label), "index": int(index)}
 
 
 def collate_videos(batch: Sequence[dict | None]) -> dict:
-    """Stack dataset items, dropping the None ones left by unreadable videos.
+    """Stack dataset items, dropping those of unreadable videos (``{"unreadable": index}`` or None).
 
     Returns {"video": (B, ...) float tensor, "label": LongTensor (B,),
-    "index": LongTensor (B,), "skipped": number of dropped items}.  If every
-    item was dropped, "video" is None and label/index are empty, so the
+    "index": LongTensor (B,), "skipped": number of dropped items,
+    "skipped_indices": LongTensor of the dropped items' dataset indices (when known)}.
+    If every item was dropped, "video" is None and label/index are empty, so the
     trainer can count the skips and move on to the next batch.
     """
-    kept = [item for item in batch if item is not None]
+    kept = [item for item in batch if item is not None and "unreadable" not in item]
+    unreadable = [item["unreadable"] for item in batch if item is not None and "unreadable" in item]
     skipped = len(batch) - len(kept)
+    lost = torch.tensor(unreadable, dtype=torch.long)
     if not kept:
         empty = torch.zeros(0, dtype=torch.long)
-        return {"video": None, "label": empty, "index": empty.clone(), "skipped": skipped}
+        return {"video": None, "label": empty, "index": empty.clone(), "skipped": skipped, "skipped_indices": lost}
     return {
         "video": torch.stack([item["video"] for item in kept]),
         "label": torch.tensor([item["label"] for item in kept], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in kept], dtype=torch.long),
         "skipped": skipped,
+        "skipped_indices": lost,
     }

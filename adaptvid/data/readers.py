@@ -7,9 +7,12 @@ dataset can skip a broken file with one ``except`` and a message that names it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import sys
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -107,13 +110,73 @@ class VideoReader:
         raise NotImplementedError
 
 
+# fd 2 is shared by the whole process, so the redirection below is counted:
+# the first thread in points fd 2 at /dev/null, the last one out puts the real
+# stderr back.  While any thread is inside, native or Python output written to
+# stderr by *other* threads is lost too; the window is one decord open (a few
+# ms).  DataLoader workers are separate processes with their own fd 2.
+_silence_lock = threading.Lock()
+_silence_depth = 0
+_saved_stderr_fd: int | None = None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send whatever C/C++ code writes to file descriptor 2 to /dev/null.
+
+    decord (its dmlc LOG and FFmpeg's av_log) prints lines such as
+    ``[..] video_reader.cc:83: ERROR opening: x.mp4, ...`` straight to fd 2
+    when a file will not open; the Python exception that follows is what we
+    report, naming the file.  sys.stderr cannot catch this: only the fd can.
+    """
+    global _silence_depth, _saved_stderr_fd
+    with _silence_lock:
+        if _silence_depth == 0:
+            try:
+                sys.stderr.flush()  # let pending Python output reach the real stderr
+            except Exception:
+                pass
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 at all (closed): nothing to protect
+                saved = None
+            if saved is not None:
+                try:
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    try:
+                        os.dup2(devnull, 2)
+                    finally:
+                        os.close(devnull)
+                except OSError:
+                    os.close(saved)
+                    saved = None
+            _saved_stderr_fd = saved
+        _silence_depth += 1
+    try:
+        yield
+    finally:
+        with _silence_lock:
+            _silence_depth -= 1
+            if _silence_depth == 0 and _saved_stderr_fd is not None:
+                try:
+                    os.dup2(_saved_stderr_fd, 2)
+                finally:
+                    os.close(_saved_stderr_fd)
+                    _saved_stderr_fd = None
+
+
 class DecordReader(VideoReader):
     backend = "decord"
 
     def __init__(self, path: str, num_threads: int = 1):
         import decord
 
-        self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+        # A file decord cannot open makes it print C++ error text on fd 2 as
+        # well as raise; open_video turns the exception into a VideoReadError
+        # naming the file, so the native text is only noise (and, from
+        # DataLoader workers, unattributed noise).
+        with _native_stderr_silenced():
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
         self._threads = num_threads
         self._fallback: VideoReader | None = None
         super().__init__(path, len(self._vr), self._vr.get_avg_fps())

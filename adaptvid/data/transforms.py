@@ -30,30 +30,57 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
-def resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of (..., H, W), uint8 or float.
+INTERPOLATIONS = ("bilinear", "bicubic")
 
-    Plain torch rather than torchvision: same pixels (torchvision calls this
-    kernel), without torchvision's ~2 s import.
+
+def _check_interpolation(interpolation: str) -> str:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, "
+                         f"got {interpolation!r}")
+    return interpolation
+
+
+def resize(video: torch.Tensor, height: int, width: int,
+           interpolation: str = "bilinear") -> torch.Tensor:
+    """Antialiased resize of (..., H, W), uint8 or float.
+
+    `interpolation` is "bilinear" (default) or "bicubic" (what CLIP's
+    preprocessing uses).  Plain torch rather than torchvision: same pixels
+    (torchvision calls this kernel), without torchvision's ~2 s import.
     """
+    mode = _check_interpolation(interpolation)
     lead, (h, w) = video.shape[:-2], video.shape[-2:]
     flat = video.reshape(-1, *video.shape[-3:]) if video.dim() >= 4 else video.reshape(1, -1, h, w)
     # A cropped view is strided; torch's fast uint8 kernel needs a dense
     # channels-last tensor and is ~30x slower otherwise (measured on CPU).
     flat = flat.contiguous(memory_format=torch.channels_last)
-    out = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True,
-                        align_corners=False)
+    if mode == "bicubic" and flat.dtype == torch.uint8 and flat.device.type != "cpu":
+        # On CPU, torch 2.14 has a native antialiased bicubic uint8 kernel
+        # (checked: it matches torchvision's uint8 resize exactly), so CPU
+        # frames take the branch below.  Other devices are not known to have
+        # one (torchvision also casts there), so go through float; bicubic
+        # overshoots 0..255, hence clamp, then round back to uint8.
+        out = F.interpolate(flat.float(), size=(height, width), mode=mode, antialias=True,
+                            align_corners=False)
+        out = out.clamp_(0, 255).round_().to(torch.uint8)
+    else:
+        out = F.interpolate(flat, size=(height, width), mode=mode, antialias=True,
+                            align_corners=False)
     return out.reshape(*lead, height, width)
 
 
-def short_side_resize(video: torch.Tensor, short_side: int) -> torch.Tensor:
+def short_side_resize(video: torch.Tensor, short_side: int,
+                      interpolation: str = "bilinear") -> torch.Tensor:
     """Resize (..., H, W) so min(H, W) == short_side, keeping the aspect ratio."""
+    _check_interpolation(interpolation)
     height, width = video.shape[-2:]
     if min(height, width) == short_side:
         return video
     if height <= width:
-        return resize(video, short_side, max(short_side, round(width * short_side / height)))
-    return resize(video, max(short_side, round(height * short_side / width)), short_side)
+        return resize(video, short_side, max(short_side, round(width * short_side / height)),
+                      interpolation)
+    return resize(video, max(short_side, round(height * short_side / width)), short_side,
+                  interpolation)
 
 
 def center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -137,14 +164,19 @@ class VideoTransform:
     probability), ``randaugment`` (a timm spec such as
     ``"rand-m7-n4-mstd0.5-inc1"``) and ``random_erasing`` (a probability).
     Test: resize the short side to `short_side` (default `size`), centre crop.
-    `mean`/`std` are per-channel, in 0..1 units.
+    `mean`/`std` are per-channel, in 0..1 units.  `interpolation` ("bilinear"
+    or "bicubic", antialiased either way) is used by every resize: the
+    training crop, the test-time short-side resize and ``multi_crop``; pass the
+    backbone's ``Preprocess.interpolation`` to match its pretraining.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                  short_side: int | None = None, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
                  hflip: bool = False, randaugment: str | None = None, random_erasing: float = 0.0,
-                 color_jitter: float = 0.0, color_jitter_prob: float = 0.8, grayscale: float = 0.0):
+                 color_jitter: float = 0.0, color_jitter_prob: float = 0.8, grayscale: float = 0.0,
+                 interpolation: str = "bilinear"):
         self.size = int(size)
+        self.interpolation = _check_interpolation(interpolation)
         self.train = bool(train)
         self.short_side = int(short_side) if short_side is not None else self.size
         if self.short_side < self.size:
@@ -177,8 +209,11 @@ class VideoTransform:
         if self.color_jitter or self.grayscale:
             extra += (f", color_jitter={self.color_jitter} (p={self.color_jitter_prob}), "
                       f"grayscale={self.grayscale}")
+        # The repr is part of the feature-cache fingerprint: the default stays
+        # out of it so existing caches keep their key, bicubic gets a new one.
+        interp = "" if self.interpolation == "bilinear" else f", interpolation={self.interpolation!r}"
         return (f"VideoTransform(size={self.size}, train={self.train}, "
-                f"short_side={self.short_side}, hflip={self.hflip}{extra})")
+                f"short_side={self.short_side}, hflip={self.hflip}{interp}{extra})")
 
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
         """uint8 (T, 3, H, W) -> normalised float32 (3, T, H, W)."""
@@ -192,7 +227,8 @@ class VideoTransform:
         if self.train:
             rng = rng if rng is not None else np.random.default_rng()
             top, left, h, w = random_resized_box(*video.shape[-2:], self.scale, self.ratio, rng)
-            video = resize(video[..., top:top + h, left:left + w], self.size, self.size)
+            video = resize(video[..., top:top + h, left:left + w], self.size, self.size,
+                           self.interpolation)
             if self.hflip and rng.random() < 0.5:
                 video = video.flip(-1)
             if self.color_jitter and rng.random() < self.color_jitter_prob:
@@ -205,10 +241,11 @@ class VideoTransform:
             if self.random_erasing:
                 video = random_erase(video, self.random_erasing, rng)
             return video
-        video = center_crop(short_side_resize(video, self.short_side), self.size)
+        video = center_crop(short_side_resize(video, self.short_side, self.interpolation),
+                            self.size)
         return self.normalize(video)
 
     def multi_crop(self, frames: np.ndarray, num_crops: int) -> list[torch.Tensor]:
         """Test-time views: `num_crops` (1 or 3) normalised (C, T, size, size) crops."""
-        video = short_side_resize(to_tensor(frames), self.short_side)
+        video = short_side_resize(to_tensor(frames), self.short_side, self.interpolation)
         return [self.normalize(crop) for crop in spatial_crops(video, self.size, num_crops)]

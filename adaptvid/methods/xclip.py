@@ -152,6 +152,3 @@ def apply_xclip(model, config: XClipConfig) -> None:
         backbone.tower.requires_grad_(True)
     if config.train_text:
         text.requires_grad_(True)
-    transfer = getattr(backbone, "load_xclip_modules", None)
-    if transfer is not None:  # a transformers X-CLIP checkpoint brings trained weights for these modules
-        transfer(model)

@@ -27,7 +27,11 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata={"help": "evaluate every N epochs (and always at the end)"})
     log_every: int = field(default=10, metadata={"help": "write a train line to metrics.jsonl every N steps"})
     views: str = field(default="1x1", metadata={"help": "validation views CLIPSxCROPS"})
+    shuffle: bool = field(default=True, metadata={
+        "help": "reshuffle the training videos every epoch (false: list order, e.g. to reproduce a batch)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    max_skip_fraction: float = field(default=0.05, metadata={
+        "help": "warn at the end when more than this fraction of the training videos was unreadable"})
 
     def __post_init__(self) -> None:
         if self.precision is False:  # `precision: no` in a YAML file reads as the boolean false

@@ -1,4 +1,4 @@
-"""Classification metrics and the metrics log."""
+"""The metrics log (metrics.jsonl, TensorBoard) and the training-curve plot."""
 from __future__ import annotations
 
 import json
@@ -6,23 +6,6 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def accuracy_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    """top1 / top5 / mean class accuracy in percent, over (N, C) scores and (N,) labels."""
-    if len(labels) == 0:
-        return {"top1": 0.0, "top5": 0.0, "mean_class": 0.0, "num_videos": 0}
-    k = min(5, scores.shape[1])
-    topk = scores.topk(k, dim=1).indices
-    top1 = (topk[:, 0] == labels).float()
-    top5 = (topk == labels[:, None]).any(dim=1).float()
-    per_class = [top1[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
-    return {
-        "top1": 100.0 * top1.mean().item(),
-        "top5": 100.0 * top5.mean().item(),
-        "mean_class": 100.0 * torch.stack(per_class).mean().item(),
-        "num_videos": int(len(labels)),
-    }
 
 
 class MetricsLog:

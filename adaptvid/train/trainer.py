@@ -10,11 +10,11 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CONFIG_FILE, save_adapter
+from ..checkpoints import CONFIG_FILE, load_trainable, save_adapter
+from ..data import collate_videos
+from ..tasks import ClassificationTask, Task
 from .config import TrainConfig
-from .evaluate import evaluate
 from .metrics import MetricsLog, plot_curves
-from .mixing import make_mixer, soft_cross_entropy
 from .schedule import parameter_groups, warmup_cosine
 
 logger = logging.getLogger("adaptvid.train")
@@ -23,6 +23,10 @@ STATE_FILE = "trainer_state.pt"
 
 class OutputExistsError(FileExistsError):
     pass
+
+
+class NoTrainingStepError(RuntimeError):
+    """Training took no optimiser step (every training video unreadable): nothing is saved."""
 
 
 def check_output_dir(output: Path, resume: bool, overwrite: bool) -> None:
@@ -38,8 +42,6 @@ def check_output_dir(output: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _loader(dataset, cfg: TrainConfig, shuffle: bool, batch_size: int) -> DataLoader:
-    from ..data import collate_videos
-
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
         collate_fn=collate_videos, drop_last=False, persistent_workers=cfg.num_workers > 0,
@@ -57,12 +59,15 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     extra_config: Optional[dict] = None,
+    task: Optional[Task] = None,
 ) -> dict:
-    """Train ``model`` on ``train_set``, evaluating on ``val_set``; checkpoint into ``output`` every epoch.
+    """Train ``model`` on ``train_set`` for ``task`` (default: classification with the config's label
+    smoothing and Mixup/CutMix), evaluating on ``val_set``; checkpoint into ``output`` every epoch.
 
-    Returns the last evaluation's metrics (top1, top5, mean_class, num_videos, skipped)
-    plus ``train_skipped`` and ``steps``.
+    Returns the last evaluation's metrics (classification: top1, top5, mean_class, num_videos,
+    skipped) plus ``train_skipped`` and ``steps``.
     """
+    task = task if task is not None else ClassificationTask.from_train_config(cfg)
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -78,7 +83,7 @@ def fit(
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
 
-    train_loader = _loader(train_set, cfg, shuffle=True, batch_size=cfg.batch_size)
+    train_loader = _loader(train_set, cfg, shuffle=cfg.shuffle, batch_size=cfg.batch_size)
     val_loader = _loader(val_set, cfg, shuffle=False, batch_size=max(1, cfg.batch_size // 2)) if val_set else None
     groups = parameter_groups(model, cfg.lr, cfg.resolved_backbone_lr, cfg.weight_decay)
     if not groups:
@@ -91,9 +96,7 @@ def fit(
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     unwrapped_model = accelerator.unwrap_model(model)
-    if (cfg.mixup or cfg.cutmix) and unwrapped_model.from_features:
-        raise ValueError("mixup / cutmix mix video clips; they cannot be used with cached features (--cache-features)")
-    mixer = make_mixer(cfg, unwrapped_model.num_classes, accelerator.process_index)
+    task.prepare(unwrapped_model, accelerator.process_index)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
@@ -104,7 +107,7 @@ def fit(
 
     log = MetricsLog(output, enabled=accelerator.is_main_process)
     result: dict = {}
-    train_skipped = 0
+    skipped_indices: set[int] = set()   # unique: the distributed sampler's padding repeats videos
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         if hasattr(train_set, "set_epoch"):
@@ -115,32 +118,28 @@ def fit(
         tick, clips, last_good = time.perf_counter(), 0, None
         for batch in train_loader:
             bar.update(1)
-            train_skipped += batch["skipped"]
+            skipped_indices.update(batch.get("skipped_indices", torch.zeros(0)).tolist())
             weight = 1.0
             if batch["video"] is None:  # every clip of this batch was unreadable
-                if accelerator.num_processes == 1 or last_good is None:
+                if accelerator.num_processes == 1:
                     continue
-                # The other processes take a step and wait for this one's gradients:
-                # re-run the last good batch with zero weight instead of leaving them hanging.
+                # The other processes take a step and wait for this one's gradients: every process
+                # takes part in every step, so this one re-runs a readable batch with zero weight.
+                if last_good is None:
+                    last_good = _fallback_batch(train_set, accelerator.device)
+                if last_good is None:   # nothing in the whole set is readable: every process stops alike
+                    continue
                 batch, weight = last_good, 0.0
             last_good = batch
             with accelerator.accumulate(model):
-                video, labels = batch["video"], batch["label"]
-                if mixer is not None:   # soft targets, smoothing included
-                    video, targets = mixer(video, labels, unwrapped_model.num_classes)
-                    loss = soft_cross_entropy(model(video).float(), targets)
-                else:
-                    loss = torch.nn.functional.cross_entropy(model(video).float(), labels,
-                                                             label_smoothing=cfg.label_smoothing)
-                for extra in unwrapped_model.extra_losses:   # method regularisers (e.g. Open-VCLIP's IWO), on the
-                    loss = loss + extra(unwrapped_model, batch["video"], labels)   # unmixed clips and hard labels
+                loss = task.loss(model, batch, unwrapped_model)
                 accelerator.backward(loss * weight)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_grad)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            clips += int(weight * len(batch["label"])) * accelerator.num_processes
+            clips += int(weight * task.batch_size(batch)) * accelerator.num_processes
             if accelerator.sync_gradients:
                 step += 1
                 rate = clips / max(1e-9, time.perf_counter() - tick)
@@ -150,29 +149,59 @@ def fit(
                     log.write({"event": "train", "epoch": epoch + 1, "step": step, "loss": loss.item(),
                                "lr": lr, "clips_per_s": rate})
         bar.close()
+        if step == 0:
+            raise NoTrainingStepError(_no_step_message(train_set, skipped_indices, accelerator))
         last = epoch + 1 == cfg.epochs
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            result = evaluate(model, val_loader, accelerator)
+            result = task.evaluate(model, val_loader, accelerator)
             log.write({"event": "eval", "epoch": epoch + 1, "step": step, **result})
-            accelerator.print(
-                f"epoch {epoch + 1}: val top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  "
-                f"mean class {result['mean_class']:.2f}%  ({result['num_videos']} videos, {result['skipped']} skipped)"
-            )
+            accelerator.print(f"epoch {epoch + 1}: val {task.summary(result)}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             save_adapter(unwrapped, output, class_names=class_names,
                          extra={"train": dataclasses.asdict(cfg), **(extra_config or {})})
             _save_state(output, optimizer, scheduler, epoch + 1, step)
-    skipped = int(accelerator.reduce(torch.tensor(train_skipped, device=accelerator.device), "sum").item())
+    skipped = len(_gather_set(skipped_indices, accelerator))
     if skipped:
+        fraction = skipped / max(1, len(train_set))
         accelerator.print(f"skipped {skipped} unreadable training videos (see the warnings above for which)")
+        if fraction > cfg.max_skip_fraction:
+            logger.warning("%.1f%% of the training videos (%d of %d) were unreadable, more than max_skip_fraction "
+                           "%.1f%%: check the list and the data root", 100 * fraction, skipped, len(train_set),
+                           100 * cfg.max_skip_fraction)
     if accelerator.is_main_process:
-        log.write({"event": "done", "step": step, "train_skipped": skipped})
+        log.write({"event": "done", "step": step, "train_skipped": skipped, "num_processes": accelerator.num_processes})
         log.close()
         plot_curves(output / "metrics.jsonl", output / "curve.png")
     accelerator.end_training()
     return {**result, "train_skipped": skipped, "steps": step}
+
+
+def _fallback_batch(train_set, device) -> Optional[dict]:
+    """The first readable item of the training set as a one-clip batch on ``device`` (None if none is)."""
+    for index in range(len(train_set)):
+        batch = collate_videos([train_set[index]])
+        if batch["video"] is not None:
+            return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return None
+
+
+def _gather_set(indices: set[int], accelerator) -> set[int]:
+    """The union of every process's set of dataset indices."""
+    if accelerator.num_processes == 1:
+        return set(indices)
+    from accelerate.utils import gather_object
+
+    return {i for part in gather_object([sorted(indices)]) for i in part}
+
+
+def _no_step_message(train_set, skipped_indices: set[int], accelerator) -> str:
+    unreadable = sorted(_gather_set(skipped_indices, accelerator))
+    samples = getattr(train_set, "samples", None)
+    first = [samples[i].path for i in unreadable[:3]] if samples is not None else unreadable[:3]
+    return (f"no optimiser step was taken: {len(unreadable)} of {len(train_set)} training videos were unreadable "
+            f"(first: {first}); nothing was saved")
 
 
 def _progress(cfg: TrainConfig, accelerator, total: int, desc: str):
@@ -190,8 +219,6 @@ def _save_state(output: Path, optimizer, scheduler, epoch: int, step: int) -> No
 
 
 def _load_state(output: Path, model, optimizer, scheduler) -> tuple[int, int]:
-    from ..checkpoint import load_trainable
-
     load_trainable(model, output)
     # weights_only: the state holds tensors, numbers and strings only — nothing is unpickled.
     state = torch.load(output / STATE_FILE, map_location="cpu", weights_only=True)

@@ -76,7 +76,7 @@ def test_unreadable_videos_are_skipped_and_counted(samples, tmp_path, caplog):
     broken = samples + [VideoSample(str(empty), 0), VideoSample(str(tmp_path / "gone.mp4"), 2)]
     ds = VideoDataset(broken, num_frames=4, size=32, train=False)
     with caplog.at_level(logging.WARNING, logger="adaptvid.data"):
-        assert ds[2] is None and ds[3] is None
+        assert ds[2] == {"unreadable": 2} and ds[3] == {"unreadable": 3}
     messages = [r.getMessage() for r in caplog.records if r.name == "adaptvid.data"]
     assert len(messages) == 2
     assert str(empty) in messages[0] and "empty (0 bytes)" in messages[0]
@@ -86,6 +86,7 @@ def test_unreadable_videos_are_skipped_and_counted(samples, tmp_path, caplog):
     assert batch["skipped"] == 2 and batch["video"].shape == (2, 3, 4, 32, 32)
     assert batch["label"].tolist() == [3, 1] and batch["label"].dtype == torch.long
     assert batch["index"].tolist() == [0, 1] and batch["index"].dtype == torch.long
+    assert batch["skipped_indices"].tolist() == [2, 3]   # which videos: counted once each under DDP
 
     nothing = collate_videos([None, None, None])
     assert nothing["video"] is None and nothing["skipped"] == 3

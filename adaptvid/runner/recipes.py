@@ -17,7 +17,7 @@ import yaml
 SECTIONS = {
     "backbone": str, "method": str, "weights": (str, type(None)),
     "options": dict, "model": dict, "data": dict, "train": dict,
-    "paper": dict, "name": str, "description": str, "command": str, "expected": dict,
+    "paper": dict, "name": str, "description": str, "command": str, "expected": dict, "output": str,
 }
 REQUIRED = ("backbone", "method")
 
@@ -26,10 +26,15 @@ class RecipeError(ValueError):
     pass
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
 def recipe_dirs() -> list[Path]:
-    """Where named recipes are looked up: $ADAPTVID_RECIPES, then the project's recipes/ folder."""
+    """Where named recipes are looked up: $ADAPTVID_RECIPES, then the recipes installed with the package
+    (``adaptvid/recipes/``, package data of a wheel), then a source checkout's top-level ``recipes/``
+    (an editable install); the first folder that has a name wins."""
     dirs = [Path(p) for p in os.environ.get("ADAPTVID_RECIPES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
+    dirs += [PACKAGE_DIR / "recipes", PACKAGE_DIR.parent / "recipes"]
     return [d for d in dirs if d.is_dir()]
 
 
@@ -113,3 +118,16 @@ def apply_overrides(settings: dict, overrides: list[str]) -> dict:
                 raise RecipeError(f"--set {item!r}: {part!r} is not a section")
         node[parts[-1]] = parse_value(raw)
     return settings
+
+
+def reported_numbers(paper: dict) -> str:
+    """The paper's numbers in one phrase: top-1, zero-shot accuracies, or base/novel/harmonic mean."""
+    views = f" ({paper['views']} views)" if paper.get("views") else ""
+    if "top1" in paper:
+        return f"  paper top-1 {paper['top1']}{views}"
+    if isinstance(paper.get("zero_shot"), dict):
+        shown = ", ".join(f"{k} {v}" for k, v in paper["zero_shot"].items() if not str(k).endswith("*"))
+        return f"  paper zero-shot {shown}{views}"
+    if {"base", "novel", "hm"} <= set(paper):
+        return f"  paper base/novel/HM {paper['base']}/{paper['novel']}/{paper['hm']}{views}"
+    return ""

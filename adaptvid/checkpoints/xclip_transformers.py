@@ -27,6 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import create_backbone
+from ..backbones.hf_xclip import HFXClipBackbone
+from ..methods.xclip import XClipClassifier, XClipVideoEncoder
+from ..model import build_model
+
 SUPPORTED_ACTIVATION = "quick_gelu"
 
 
@@ -85,8 +90,6 @@ def _temporal_table(table: torch.Tensor, frames: int) -> torch.Tensor:
 
 def transfer_xclip_weights(model, xclip_model: nn.Module, messages: Sequence[dict]) -> None:
     """Copy an XCLIPModel's message, MIT and prompt weights into ``model``'s x-clip modules (in place)."""
-    from .methods.xclip import XClipClassifier, XClipVideoEncoder
-
     config = xclip_model.config
     _check_config(config)
     encoder, head = model.video_encoder, model.head
@@ -132,6 +135,14 @@ def transfer_xclip_weights(model, xclip_model: nn.Module, messages: Sequence[dic
     generator.layernorm.eps = vision_eps   # transformers normalises the visual side with the vision eps
 
 
+def import_xclip_weights(model) -> None:
+    """Weight importer run on every assembled model (registered in ``adaptvid.checkpoints``): a model
+    with method ``x-clip`` on an ``hf-xclip:`` backbone gets the checkpoint's X-CLIP modules."""
+    if isinstance(model.backbone, HFXClipBackbone) and any(name == "x-clip" for name, _ in model.methods):
+        backbone = model.backbone
+        transfer_xclip_weights(model, backbone.xclip_model, backbone.take_message_modules())
+
+
 def _source(path_or_repo) -> str:
     """A local folder as an absolute path (the backbone name is what a saved checkpoint reloads); else a hub id."""
     text = str(path_or_repo)
@@ -150,9 +161,6 @@ def load_xclip(path_or_repo, num_frames: Optional[int] = None, class_names: Opti
     ``model.text_logits(video, input_ids=..., attention_mask=...)``. ``options``: x-clip method
     options (e.g. ``freeze_visual=True``). Returned in eval mode; ``model.train()`` to fine-tune.
     """
-    from .backbones import create_backbone
-    from .model import build_model
-
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     backbone = create_backbone(f"hf-xclip:{_source(path_or_repo)}")

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from ..version import __version__
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adaptvid.json"
@@ -125,39 +125,6 @@ def read_config(directory) -> dict:
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: written by a newer adaptvid (format {config['format_version']}); upgrade adaptvid")
     return config
-
-
-def load_model(directory, weights: Optional[str] = None, map_location: str = "cpu"):
-    """Rebuild a saved model on a freshly loaded backbone and load its trained tensors.
-
-    ``weights`` overrides the backbone weights recorded at save time (e.g. a
-    local copy of the hub weights on an offline machine).
-    """
-    from .methods.registry import config_from_dict, get_method
-    from .model import assemble_model
-
-    directory = Path(directory)
-    config = read_config(directory)
-    specs = [get_method(m["name"]) for m in config["methods"]]
-    configs = [(spec, config_from_dict(spec, m["config"])) for spec, m in zip(specs, config["methods"])]
-    model = assemble_model(
-        config["backbone"], configs, config["num_classes"], class_names=config.get("class_names"),
-        weights=weights if weights is not None else config.get("weights"),
-        num_frames=config["num_frames"], pool=config["pool"], project=config.get("project", True), head_dropout=config.get("head_dropout", 0.0),
-    )
-    if config.get("merged"):  # rebuild the merged structure; the saved tower then brings the merged weights
-        for name, method_config in model.methods:
-            if name in config["merged"]:
-                get_method(name).merge(model, method_config)
-        model.merged_methods = list(config["merged"])
-    if config.get("init_from"):  # the frozen towers came from another checkpoint (bridge and prompt): again
-        from .init_from import init_from
-
-        init_from(model, config["init_from"])
-    load_trainable(model, directory, map_location)
-    model.class_names = config.get("class_names")
-    model.checkpoint_config = config
-    return model
 
 
 def load_trainable(model, directory, map_location: str = "cpu") -> None:

@@ -20,9 +20,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .backbones.base import HOOK_POINTS
-from .model import VideoModel, count_parameters
-from .text import TextClassifier
+from ..backbones.base import HOOK_POINTS
+from ..methods.registry import get_method, split_method_names
+from ..text import TextClassifier
+from .video_model import VideoModel, build_model, count_parameters
 
 COUNTER = "torch FlopCounterMode, 2 FLOPs per MAC, attention counted"
 
@@ -250,3 +251,14 @@ def format_profile(result: dict) -> str:
     rows.append(("counter", result["counter"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def profile_method(backbone: str, method: str, num_classes: int = 400, *, weights: Optional[str] = None,
+                   num_frames: int = 8, views: tuple[int, int] = (1, 1), batch: int = 1, **options) -> dict:
+    """Build ``backbone`` + ``method`` (text-classifying methods get placeholder class names, which cost
+    what real names of similar length would) and ``profile_model`` it: what ``adaptvid profile`` prints."""
+    needs_text = any(get_method(name).needs_text for name in split_method_names(method))
+    names = [f"class {i}" for i in range(num_classes)] if needs_text else None
+    model = build_model(backbone, method, num_classes, class_names=names, weights=weights, num_frames=num_frames,
+                        **options)
+    return profile_model(model, num_frames=num_frames, views=views, batch=batch)

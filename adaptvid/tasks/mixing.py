@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +69,3 @@ class Mixer:
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
-def make_mixer(cfg, num_classes: Optional[int], rank: int = 0) -> Optional[Mixer]:
-    """The mixer a TrainConfig asks for, or None (each process draws its own mixes)."""
-    if not (cfg.mixup or cfg.cutmix):
-        return None
-    if not num_classes:
-        raise ValueError("mixup / cutmix need a model with classes")
-    return Mixer(cfg.mixup, cfg.cutmix, cfg.mix_switch_prob, cfg.mix_prob, cfg.label_smoothing, seed=cfg.seed + rank)

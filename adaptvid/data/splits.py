@@ -9,23 +9,24 @@
   frequency (most frequent half is base) or by a seeded shuffle. ViFi-CLIP ships its own fixed
   split files; use those lists for numbers comparable with the paper.
 * **Cross-dataset zero-shot**: train on Kinetics-400, then score another dataset's class names
-  (:func:`with_classes`, ``adaptvid eval --zero-shot --classes FILE``); UCF-101 and HMDB-51 are
+  (``adaptvid.set_classes``, ``adaptvid eval --zero-shot --classes FILE``); UCF-101 and HMDB-51 are
   reported as mean and standard deviation over their three official splits (:func:`mean_std`).
 
-List files are read and written line by line: a written list holds the input lines' paths as they
-were (relative paths stay relative to the *input* list's folder: pass ``--data-root`` when a list
-is used from elsewhere), and labels renumbered only where a class subset is taken.
+List files are read and written line by line: a written list's relative paths are rewritten to
+resolve from its own folder (so it works wherever it was written), and labels are renumbered only
+where a class subset is taken.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
-from .data.lists import _parse_label, _split_line, read_class_names, read_list_file
+from .lists import _parse_label, _split_line, read_class_names, read_list_file
 
 SHOTS = (2, 4, 8, 16)
 ORDERS = ("index", "frequency", "random")
@@ -43,7 +44,7 @@ def read_list_entries(path) -> list[ListEntry]:
     """The entries of a ``path label`` list file (same format and errors as :func:`read_list_file`)."""
     read_list_file(path)  # validates the whole file, naming file:line on a malformed line
     entries = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for raw in handle:
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -55,10 +56,22 @@ def read_list_entries(path) -> list[ListEntry]:
     return entries
 
 
-def write_list(entries: Iterable[ListEntry], path) -> Path:
-    """Write ``path label`` lines (a comma separator when a path holds whitespace)."""
+def rebase(entry: ListEntry, source, target) -> ListEntry:
+    """``entry`` of the list file ``source`` with its relative path rewritten to resolve from the folder of
+    the list file ``target`` (a list's paths are relative to its own folder by default)."""
+    if os.path.isabs(entry.path):
+        return entry
+    absolute = os.path.normpath(os.path.join(os.path.abspath(os.path.dirname(source)), entry.path))
+    return ListEntry(os.path.relpath(absolute, os.path.abspath(os.path.dirname(target))), entry.label)
+
+
+def write_list(entries: Iterable[ListEntry], path, source=None) -> Path:
+    """Write ``path label`` lines (a comma separator when a path holds whitespace). With ``source`` (the
+    list the entries came from), relative paths are rewritten to resolve from ``path``'s folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        entries = [rebase(e, source, path) for e in entries]
     lines = [f"{e.path},{e.label}" if any(c.isspace() for c in e.path) else f"{e.path} {e.label}" for e in entries]
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
@@ -158,14 +171,14 @@ def base_novel_split(classes_file, output_dir, lists: Sequence = (), order: str 
         target.write_text("".join(names[i] + "\n" for i in indices), encoding="utf-8")
         written[f"{half}_classes"] = str(target)
         for path, entries in loaded:
-            written[f"{half}_{path.stem}"] = str(write_list(subset(entries, indices), out / f"{half}_{path.stem}.txt"))
+            written[f"{half}_{path.stem}"] = str(write_list(subset(entries, indices), out / f"{half}_{path.stem}.txt", source=path))
     if shots is not None:
         if not loaded:
             raise ValueError("shots needs a training list (--list train.txt ...)")
         path, entries = loaded[0]
         base_names = [names[i] for i in base]
         chosen = few_shot(subset(entries, base), shots, seed, allow_fewer, base_names)
-        written["base_train_few_shot"] = str(write_list(chosen, out / f"base_{path.stem}_{shots}shot_seed{seed}.txt"))
+        written["base_train_few_shot"] = str(write_list(chosen, out / f"base_{path.stem}_{shots}shot_seed{seed}.txt", source=path))
     return written
 
 
@@ -212,36 +225,3 @@ def mean_std(values: Sequence[Number]) -> tuple[float, float]:
         raise ValueError("mean_std needs at least one value")
     mean = sum(numbers) / len(numbers)
     return mean, math.sqrt(sum((x - mean) ** 2 for x in numbers) / len(numbers))
-
-
-# -- cross-dataset zero-shot -------------------------------------------------------------------
-
-def with_classes(model, class_names: Sequence[str], templates: Optional[Sequence[str]] = None):
-    """Re-point ``model`` (in place, and returned) at other class names: its text classifier is rebuilt
-    for them with the same templates and prompt learner (``templates`` replaces the templates).
-
-    For evaluating a model trained on one class set on another (cross-dataset zero-shot, the novel half
-    of base-to-novel). A class-specific learned context cannot score unseen names (its error says so).
-    """
-    from .text import TextClassifier
-
-    names = [str(name) for name in class_names]
-    if not names:
-        raise ValueError("with_classes needs at least one class name")
-    try:
-        from .zero_shot import set_classes
-    except ImportError:  # pragma: no cover - older trees without the zero-shot module
-        set_classes = None
-    if set_classes is not None:
-        return set_classes(model, names, templates)
-    if not isinstance(model.head, TextClassifier):  # pragma: no cover
-        raise ValueError("with_classes needs a model that classifies by text (a text-side method or zero-shot)")
-    model.head.class_names = names
-    if templates is not None:
-        from .text import check_templates
-
-        model.head.templates = check_templates(templates)
-    model.head._cache = None
-    model.class_names = names
-    model._num_classes = len(names)
-    return model

@@ -7,8 +7,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .backbones import Backbone, FrameContext, create_backbone, merge_heads
-from .methods.registry import make_configs, split_method_names
+from ..backbones import Backbone, FrameContext, create_backbone, merge_heads
+from ..methods.registry import make_configs, split_method_names
+from ..text import TextClassifier, make_text_encoder, scaled_cosine
 
 POOLS = ("embed-mean", "token-mean")
 
@@ -73,8 +74,6 @@ class VideoModel(nn.Module):
         """Choose the readout; (re)builds the linear head for the resulting embedding width."""
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        from .text import TextClassifier
-
         if not project and isinstance(getattr(self, "head", None), TextClassifier):
             project = True   # a text classifier (set by an earlier method) compares in CLIP's joint space
         self.pool, self.project = pool, project
@@ -106,16 +105,12 @@ class VideoModel(nn.Module):
     def use_text(self):
         """The backbone's CLIP text encoder as a (frozen) submodule ``model.text``, created on first use."""
         if self.text is None:
-            from .text import make_text_encoder
-
             self.text = make_text_encoder(self.backbone)
         return self.text
 
     def set_text_classifier(self, templates=("{}",), prompt: Optional[nn.Module] = None,
                             fixed_logit_scale: Optional[float] = None, classifier_cls=None) -> None:
         """Classify by cosine similarity with the class texts instead of a linear head (see TextClassifier)."""
-        from .text import TextClassifier
-
         text = self.use_text()
         if self.class_names is None:
             raise ValueError("a text classifier needs the class names: build_model(..., class_names=[...]) "
@@ -134,8 +129,6 @@ class VideoModel(nn.Module):
         backbones whose tokenizer is not available offline. Methods that make the text depend on the video
         (X-CLIP's prompt generator) apply it here too.
         """
-        from .text import TextClassifier, scaled_cosine
-
         text = self.use_text()
         if (texts is None) == (input_ids is None):
             raise ValueError("pass either texts=[...] or input_ids=... (with attention_mask)")
@@ -168,8 +161,6 @@ class VideoModel(nn.Module):
         self._build_head()
 
     def _build_head(self) -> None:
-        from .text import TextClassifier
-
         if isinstance(getattr(self, "head", None), TextClassifier):
             if self.embed_dim != self.head.text.embed_dim:
                 raise ValueError(f"the new readout is {self.embed_dim} wide but the text classifier expects "
@@ -274,11 +265,43 @@ class VideoModel(nn.Module):
         return logits.softmax(dim=-1).reshape(b, v, -1).mean(dim=1)
 
     # -- checkpoints ------------------------------------------------------------
-    def save_adapter(self, directory, class_names=None, extra: Optional[dict] = None) -> None:
-        """Write the trainable parameters (safetensors) and a JSON config to ``directory``."""
-        from .checkpoint import save_adapter
+    # The checkpoint I/O lives one floor up (adaptvid.checkpoints); these methods are the
+    # transformers / PEFT-style entry points to it, imported when called (an allowed upward call).
+    def save_pretrained(self, directory, class_names=None, extra: Optional[dict] = None):
+        """Write the trained tensors (``adapter.safetensors``) and ``adaptvid.json`` to ``directory``;
+        ``VideoModel.from_pretrained(directory)`` rebuilds the model on its backbone weights."""
+        from ..checkpoints import save_adapter
 
-        save_adapter(self, directory, class_names=class_names, extra=extra)
+        return save_adapter(self, directory, class_names=class_names, extra=extra)
+
+    save_adapter = save_pretrained   # adaptvid's original name
+
+    @classmethod
+    def from_pretrained(cls, directory_or_hub_id, weights: Optional[str] = None, **load_options) -> "VideoModel":
+        """Load a checkpoint folder, or a Hugging Face Hub repository holding one (downloaded through
+        ``huggingface_hub`` when the hub is reachable); same as ``adaptvid.load_model``."""
+        from ..checkpoints import load_model
+
+        return load_model(directory_or_hub_id, weights=weights, **load_options)
+
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: str = "Upload adaptvid checkpoint") -> str:
+        """Save the checkpoint to a temporary folder and upload it to the Hub repository ``repo_id``."""
+        from ..checkpoints import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+# Functions run on every model assemble_model builds, after its methods are applied: weight importers
+# registered from above the model layer (adaptvid.checkpoints registers the transformers X-CLIP one,
+# which fills the x-clip modules from an hf-xclip backbone's checkpoint). f(model) -> None.
+WEIGHT_IMPORTERS: list = []
+
+
+def register_weight_importer(importer) -> None:
+    """Run ``importer(model)`` on every newly assembled model (idempotent per function)."""
+    if importer not in WEIGHT_IMPORTERS:
+        WEIGHT_IMPORTERS.append(importer)
 
 
 def build_model(
@@ -332,13 +355,17 @@ def assemble_model(
     for spec, config in configs:
         spec.apply(model, config)
         model.methods.append((spec.name, config))
-    from .text import TextClassifier
-
     if project is False and isinstance(model.head, TextClassifier):
         raise ValueError(f"project=False cannot be used with {', '.join(n for n, _ in model.methods)}: its text "
                          "classifier compares videos and texts in CLIP's projected joint space")
     if pool is not None or project is not None:  # explicit choices override the methods' readout
         model.set_readout(pool or model.pool, model.project if project is None else project)
+    if getattr(bb, "carries_method_weights", False):
+        # A backbone loaded from a checkpoint that also holds method weights (transformers X-CLIP): the
+        # importers live one floor up and register themselves when that package is imported.
+        from .. import checkpoints  # noqa: F401
+    for importer in WEIGHT_IMPORTERS:
+        importer(model)
     return model
 
 

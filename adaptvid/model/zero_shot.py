@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .model import VideoModel, build_model
-from .text import DEFAULT_TEMPLATES, TextClassifier, check_templates
+from .video_model import VideoModel, build_model
+from ..text import DEFAULT_TEMPLATES, TextClassifier, check_templates
 
 
 def zero_shot_model(backbone: str, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,

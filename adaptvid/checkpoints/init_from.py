@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .checkpoint import WEIGHTS_FILE, read_config
+from .adapter import WEIGHTS_FILE, read_config
 
 logger = logging.getLogger("adaptvid")
 PREFIXES = ("backbone.tower.", "text.")   # the library modules: the image tower and the CLIP text tower

@@ -7,7 +7,7 @@ count and inference cost. A merged model is saved with its whole tower
 """
 from __future__ import annotations
 
-from .methods.registry import get_method
+from ..methods.registry import get_method
 
 
 def mergeable(model) -> list[str]:
