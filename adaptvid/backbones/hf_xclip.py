@@ -10,7 +10,6 @@ CLIP's and is used as it is by ``HFClipTextEncoder``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Optional
 
@@ -78,27 +77,3 @@ class HFXClipBackbone(HFClipBackbone):
         40% of a B/16 tower's size); None once a model took them."""
         messages, self._messages = self._messages, None
         return messages
-
-
-def load_hf_xclip_backbone(name: str, source: str, weights: Optional[str]) -> HFXClipBackbone:
-    """``hf-xclip:<folder or hub id>``: an XCLIPModel through transformers' own loader."""
-    from transformers import AutoConfig, XCLIPModel
-
-    from .loading import _check_local, _fail, saved_tokenizer
-
-    location = source if weights in (None, "random") else weights
-    if weights not in (None, "random"):
-        _check_local(name, weights)
-    try:
-        if weights == "random":
-            model = XCLIPModel(AutoConfig.from_pretrained(source))
-        else:
-            model = XCLIPModel.from_pretrained(location)
-    except Exception as error:
-        raise _fail(name, f"transformers XCLIPModel from {location!r}", error) from error
-    tokenizer, processor = saved_tokenizer(location, model.config.text_config.vocab_size), None
-    with contextlib.suppress(Exception):
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(location)
-    return HFXClipBackbone(name, model, tokenizer, processor)

@@ -9,6 +9,7 @@ file or folder read by the library's own loader.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,11 @@ from typing import Callable, Optional
 import torch
 
 from .base import Backbone
+from .errors import BackboneLoadError, _cause, _check_local, _fail, _unreadable
+from .hub import _hub_advice, _prepare_hub
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_SEED = 1234  # not 0: a user seeding 0 should still get a different "random" tower
-
-
-class BackboneLoadError(RuntimeError):
-    """A backbone or its weights could not be loaded; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -52,31 +51,49 @@ def _seeded(seed: int):
         yield
 
 
-def _fail(name: str, tried: str, error: Exception) -> BackboneLoadError:
-    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    return BackboneLoadError(
-        f"backbone {name!r}: could not load {tried} ({type(error).__name__}: {reason}). "
-        "If the hub is unreachable, download the weights elsewhere and pass the local file or folder "
-        "with --weights PATH (Python: weights='PATH'), or use weights='random' for a randomly "
-        "initialised tower."
-    )
-
-
-def _check_local(name: str, weights: str) -> None:
-    if not os.path.exists(weights):
-        raise BackboneLoadError(
-            f"backbone {name!r}: weights file or folder {weights!r} does not exist; "
-            "pass an existing local path, 'random', or nothing for the hub default"
-        )
+def _looks_local(source: str) -> bool:
+    """A transformers source that is a path rather than a hub repo id ('namespace/name')."""
+    return os.path.exists(source) or source.startswith(("/", "./", "../", "~")) or source.count("/") > 1
 
 
 # -- open_clip ----------------------------------------------------------------
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip's warning for a tower built without pretrained weights: expected for tiny and random builds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _open_clip_logging(random_init: bool = False):
+    """open_clip logs through the root logger with module-level ``logging.info/warning(...)``, each of which calls
+    ``logging.basicConfig()`` (a stderr handler left on the root logger) when the root has no handler. For the
+    call, a root without handlers gets Python's last-resort handler (warnings still reach stderr, as with no
+    logging configured), removed afterwards; with ``random_init`` open_clip's random-init warning is dropped."""
+    root = logging.getLogger()
+    added = None
+    if not root.handlers:
+        added = logging.lastResort or logging.NullHandler()
+        root.addHandler(added)
+    quiet = _DropRandomInitWarning() if random_init else None
+    if quiet is not None:
+        root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        if quiet is not None:
+            root.removeFilter(quiet)
+        if added is not None:
+            root.removeHandler(added)
+
 
 def _open_clip(name: str, arch: str, tag: Optional[str], weights: Optional[str], seeded: bool = False) -> Backbone:
     import open_clip
 
     from .openclip import OpenClipBackbone
 
+    local = weights not in (None, "random")
     if weights is None:
         pretrained, tried = tag, f"open_clip {arch} with pretrained weights {tag!r}"
     elif weights == "random":
@@ -84,14 +101,27 @@ def _open_clip(name: str, arch: str, tag: Optional[str], weights: Optional[str],
     else:
         _check_local(name, weights)
         pretrained, tried = weights, f"open_clip {arch} weights from {weights!r}"
+    if weights is None and tag is not None:
+        _prepare_hub()
     try:
-        with _seeded(TINY_SEED) if seeded else contextlib.nullcontext():
+        with _seeded(TINY_SEED) if seeded else contextlib.nullcontext(), _open_clip_logging(pretrained is None):
             model = open_clip.create_model(arch, pretrained=pretrained, require_pretrained=pretrained is not None)
-        tokenizer = open_clip.get_tokenizer(arch)
     except BackboneLoadError:
         raise
-    except Exception as error:  # hub, file format, config errors: one clear line
-        raise _fail(name, tried, error) from error
+    except Exception as error:  # hub, file format, config errors
+        if local:
+            expected = (f"a state dict of an open_clip {arch} model: a file written by "
+                        "torch.save(model.state_dict()) (.pt/.bin) or a .safetensors file")
+            raise _unreadable(name, weights, "open_clip", expected, error) from error
+        raise _fail(name, tried, error, hub=weights is None) from error
+    hf_tokenizer = ((open_clip.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if hf_tokenizer:
+        _prepare_hub()
+    try:
+        with _open_clip_logging():
+            tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as error:
+        raise _fail(name, f"the open_clip tokenizer of {arch}", error, hub=bool(hf_tokenizer)) from error
     return OpenClipBackbone(name, model, tokenizer)
 
 
@@ -99,7 +129,8 @@ def _add_tiny_configs() -> None:
     import open_clip
 
     if "adaptvid-tiny-clip" not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR)
+        with _open_clip_logging():
+            open_clip.add_model_config(CONFIG_DIR)
 
 
 OPENAI_CLIP = {"clip": "ViT-B-16", "clip-b32": "ViT-B-32", "clip-l14": "ViT-L-14"}
@@ -113,7 +144,8 @@ for _short, _arch in OPENAI_CLIP.items():
 @_register("tiny-clip", "tiny open_clip CLIP (width 64, 2 layers, patch 16, 64 px) for tests and the demo")
 def _tiny_clip(name: str, weights: Optional[str]) -> Backbone:
     _add_tiny_configs()
-    return _open_clip(name, "adaptvid-tiny-clip", None, None if weights in (None, "random") else weights, seeded=weights is None)
+    return _open_clip(name, "adaptvid-tiny-clip", None, "random" if weights in (None, "random") else weights,
+                      seeded=weights is None)
 
 
 @_register("open_clip:", "any open_clip model: open_clip:<arch>/<pretrained tag>, e.g. open_clip:ViT-B-16/laion2b_s34b_b88k", prefix=True)
@@ -130,21 +162,64 @@ def _open_clip_any(name: str, weights: Optional[str]) -> Backbone:
 
 # -- transformers ---------------------------------------------------------------
 
+TRANSFORMERS_FOLDER = ("a folder written by save_pretrained (or a hub snapshot) holding config.json and "
+                       "model.safetensors or pytorch_model.bin")
+
+
+def _check_transformers_folder(name: str, path: str) -> None:
+    """A local transformers checkpoint is a folder with a config.json: say so before transformers does (it
+    takes a file for a malformed hub repo id)."""
+    _check_local(name, path)
+    if not os.path.isdir(path):
+        raise _unreadable(name, path, "transformers", f"{TRANSFORMERS_FOLDER}, not a single file")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise _unreadable(name, path, "transformers", f"{TRANSFORMERS_FOLDER}; this folder has no config.json")
+
+
+def _random_config(name: str, source: str):
+    """The config of a randomly initialised transformers tower: ``source``'s config.json (a local folder, or a
+    hub repo through the hub cache)."""
+    from transformers import AutoConfig
+
+    local = _looks_local(source)
+    if local:
+        _check_local(name, source)
+    else:
+        _prepare_hub()
+    try:
+        return AutoConfig.from_pretrained(source)
+    except Exception as error:
+        prefix = name.partition(":")[0] + ":" if ":" in name else "hf:"
+        message = (f"backbone {name!r}: weights='random' builds a randomly initialised transformers tower, which "
+                   f"still needs its config (config.json); it could not be read from {source!r}. "
+                   f"{prefix}<local folder with config.json> works offline (copy config.json from the model's hub "
+                   "repo, or write one with the config class's save_pretrained(folder)).")
+        if not local:
+            message += "\n" + _hub_advice()
+        raise BackboneLoadError(message + _cause(error)) from error
+
+
 def _hf_clip(name: str, source: str, weights: Optional[str]) -> Backbone:
-    from transformers import AutoConfig, CLIPModel
+    from transformers import CLIPModel
 
     from .hf_clip import HFClipBackbone
 
     location = source if weights in (None, "random") else weights
-    if weights not in (None, "random"):
-        _check_local(name, weights)
-    try:
-        if weights == "random":
-            model = CLIPModel(AutoConfig.from_pretrained(source))
+    local = weights not in (None, "random") or _looks_local(source)
+    if weights == "random":
+        model = CLIPModel(_random_config(name, source))
+    else:
+        if local:
+            _check_transformers_folder(name, location)
         else:
+            _prepare_hub()
+        try:
             model = CLIPModel.from_pretrained(location)
-    except Exception as error:
-        raise _fail(name, f"transformers CLIPModel from {location!r}", error) from error
+        except Exception as error:
+            if local:
+                expected = f"{TRANSFORMERS_FOLDER} (of a CLIPModel)"
+                raise _unreadable(name, location, "transformers", expected, error) from error
+            raise _fail(name, f"transformers CLIPModel from {location!r}", error) from error
     tokenizer, processor = saved_tokenizer(location, model.config.text_config.vocab_size), None
     with contextlib.suppress(Exception):  # optional: not every saved folder carries it
         from transformers import CLIPImageProcessor
@@ -203,9 +278,46 @@ def _tiny_hf(name: str, weights: Optional[str]) -> Backbone:
 @_register("hf-xclip:", "a transformers XCLIPModel's CLIP towers: hf-xclip:<hub repo id or local folder>; with method "
            "x-clip its message, MIT and prompt modules load too (adaptvid.load_xclip)", prefix=True)
 def _hf_xclip_any(name: str, weights: Optional[str]) -> Backbone:
-    from .hf_xclip import load_hf_xclip_backbone
+    source = name[len("hf-xclip:"):]
+    location = source if weights in (None, "random") else weights
+    local = weights not in (None, "random") or _looks_local(source)
+    if weights == "random":
+        _random_config(name, source)   # a clear message when the config cannot be had
+    elif local:
+        _check_transformers_folder(name, location)
+    else:
+        _prepare_hub()
+    try:
+        return _load_hf_xclip(name, source, weights)
+    except BackboneLoadError as error:
+        if local and weights != "random" and error.__cause__ is not None:  # a local folder: no hub advice
+            raise _unreadable(name, location, "transformers", f"{TRANSFORMERS_FOLDER} (of an XCLIPModel)",
+                              error.__cause__) from error.__cause__
+        raise
 
-    return load_hf_xclip_backbone(name, name[len("hf-xclip:"):], weights)
+
+def _load_hf_xclip(name: str, source: str, weights: Optional[str]) -> Backbone:
+    """``hf-xclip:<folder or hub id>``: an XCLIPModel through transformers' own loader."""
+    from transformers import AutoConfig, XCLIPModel
+
+    from .hf_xclip import HFXClipBackbone
+
+    location = source if weights in (None, "random") else weights
+    if weights not in (None, "random"):
+        _check_local(name, weights)
+    try:
+        if weights == "random":
+            model = XCLIPModel(AutoConfig.from_pretrained(source))
+        else:
+            model = XCLIPModel.from_pretrained(location)
+    except Exception as error:
+        raise _fail(name, f"transformers XCLIPModel from {location!r}", error) from error
+    tokenizer, processor = saved_tokenizer(location, model.config.text_config.vocab_size), None
+    with contextlib.suppress(Exception):
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(location)
+    return HFXClipBackbone(name, model, tokenizer, processor)
 
 
 # -- timm -----------------------------------------------------------------------
@@ -216,8 +328,10 @@ def _timm(name: str, model_name: str, weights: Optional[str], seeded: bool = Fal
     from .timm_vit import TimmBackbone
 
     kwargs = dict(num_classes=0, **kwargs)
-    if weights is None and not seeded:
+    hub = weights is None and not seeded
+    if hub:
         kwargs["pretrained"], tried = True, f"timm {model_name} pretrained weights"
+        _prepare_hub()
     elif weights in (None, "random"):
         kwargs["pretrained"], tried = False, f"timm {model_name} (random init)"
     else:
@@ -228,7 +342,10 @@ def _timm(name: str, model_name: str, weights: Optional[str], seeded: bool = Fal
         with _seeded(TINY_SEED) if seeded and weights is None else contextlib.nullcontext():
             model = timm.create_model(model_name, **kwargs)
     except Exception as error:
-        raise _fail(name, tried, error) from error
+        if weights not in (None, "random"):
+            raise _unreadable(name, weights, "timm", f"a {model_name} checkpoint: a state dict in a .safetensors, "
+                              ".pth/.pt/.bin (torch.save) or .npz file", error) from error
+        raise _fail(name, tried, error, hub=hub) from error
     return TimmBackbone(name, model)
 
 
