@@ -194,3 +194,19 @@ def test_text_side_methods_train_under_two_processes(method, demo, tmp_path):
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in records if r["event"] == "eval"][-1]["num_videos"] == 12
     assert records[-1]["num_processes"] == 2
+
+
+def test_eval_under_two_processes_shards_and_prints_once(demo, tmp_path):
+    """Before: under torchrun every process scored every video and the result was printed twice."""
+    out = tmp_path / "run"
+    assert _adapt(demo, out) == 0
+    single = subprocess.run([sys.executable, "-m", "adaptvid", "eval", "--checkpoint", str(out), "--data",
+                             str(demo / "val.txt"), "--num-workers", "0", "--json"], env=TWO_PROCESS_ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    cmd = [*TWO_PROCESSES, "-m", "adaptvid", "eval", "--checkpoint", str(out), "--data", str(demo / "val.txt"),
+           "--num-workers", "0", "--batch-size", "1", "--json"]
+    done = subprocess.run(cmd, env=TWO_PROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1 and printed[0] == json.loads(single.stdout)   # once, same numbers, 12 videos

@@ -56,8 +56,12 @@ def _model(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..runner import evaluate
 
+    from ..runner.inference import is_main_process
+
     result = evaluate(_model(args), args.data, args.views, data_root=args.data_root, batch_size=args.batch_size,
                       num_workers=args.num_workers)
+    if not is_main_process():   # under torchrun: every process scored its shard; the first one prints
+        return 0
     if args.json:
         print(json.dumps(result))
     else:

@@ -6,6 +6,7 @@ them) re-points the model at another class set first (zero-shot: ``adaptvid.set_
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -41,6 +42,20 @@ def as_model(model: ModelLike, weights: Optional[str] = None, classes=None, temp
     return model
 
 
+def distributed_accelerator():
+    """An Accelerator when this process is one of several (torchrun / accelerate launch), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def is_main_process() -> bool:
+    """False on every process but the first of a multi-process launch (so results print once)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[str] = None,
              batch_size: int = 4, num_workers: int = 2, weights: Optional[str] = None, classes=None,
              templates=None) -> dict:
@@ -52,7 +67,10 @@ def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[
     samples, _ = load_samples(str(data), data_root, model.class_names if Path(data).is_dir() else None)
     check_labels(samples, model.num_classes, str(data), "the model" if classes is None else "the class names")
     loader = eval_loader(model, recorded_data(model), samples, views, batch_size, num_workers)
-    result = evaluate_classification(model, loader)
+    accelerator = distributed_accelerator()
+    if accelerator is not None:   # each process scores its shard; the results are gathered
+        model, loader = model.to(accelerator.device), accelerator.prepare(loader)
+    result = evaluate_classification(model, loader, accelerator)
     if not result["num_videos"]:
         raise NoUsefulWorkError(f"{data}: none of its {len(samples)} videos could be read (first: "
                                 f"{[s.path for s in samples[:3]]}); see the warnings above")
