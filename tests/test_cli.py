@@ -210,3 +210,11 @@ def test_eval_under_two_processes_shards_and_prints_once(demo, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and printed[0] == json.loads(single.stdout)   # once, same numbers, 12 videos
+    # 13 entries, the first unreadable: the sampler pads process 2 with entry 0 again; it is one skip, not two
+    listing = tmp_path / "with-missing.txt"
+    listing.write_text("missing.mp4 0\n" + "".join(f"{demo / l}\n" for l in (demo / "val.txt").read_text().split("\n") if l))
+    cmd[cmd.index("--data") + 1] = str(listing)
+    done = subprocess.run(cmd, env=TWO_PROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["skipped"] == 1 and result["num_videos"] == 12

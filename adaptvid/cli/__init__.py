@@ -66,7 +66,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (NoUsefulWorkError, NoTrainingStepError) as error:
         print(f"adaptvid {args.command}: {error}", file=sys.stderr)
         return 1
-    except (BackboneLoadError, RecipeError, FileExistsError, VideoReadError, FileNotFoundError, ValueError) as error:
+    except (BackboneLoadError, RecipeError, FileExistsError, VideoReadError, FileNotFoundError, PermissionError,
+            ValueError) as error:
         print(f"adaptvid {args.command}: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:   # `adaptvid ... | head`: the reader left; stop quietly as other tools do

@@ -7,7 +7,7 @@ import json
 import sys
 
 ADAPT_FLAGS = ("backbone", "method", "weights", "output", "frames", "head_dropout", "init_from", "train_list",
-               "val_list", "data_root", "classes", "sampling", "stride", "hflip", "backend")
+               "val_list", "data_root", "classes", "sampling", "stride", "hflip", "backend", "allow_outside_root")
 
 
 def _prefixed(args: argparse.Namespace, prefix: str) -> dict:
@@ -59,7 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..runner.inference import is_main_process
 
     result = evaluate(_model(args), args.data, args.views, data_root=args.data_root, batch_size=args.batch_size,
-                      num_workers=args.num_workers)
+                      num_workers=args.num_workers, allow_outside_root=args.allow_outside_root)
     if not is_main_process():   # under torchrun: every process scored its shard; the first one prints
         return 0
     if args.json:

@@ -73,6 +73,8 @@ def _add_adapt(sub) -> None:
     p.add_argument("--val", dest="val_list", metavar="LIST", help="validation list file or class-folder tree")
     p.add_argument("--data-root", help="folder the list paths are relative to (default: the list's folder)")
     p.add_argument("--classes", help="class-names file, one per line in label order")
+    p.add_argument("--allow-outside-root", action="store_true", default=None,
+                   help="accept list paths that climb out of --data-root (../)")
     p.add_argument("--frames", type=int, help="frames per clip (default 8)")
     p.add_argument("--sampling", choices=["segment", "dense"], help="segment (TSN) or dense fixed-stride sampling")
     p.add_argument("--stride", type=int, help="frame stride for dense sampling")
@@ -112,6 +114,7 @@ def _add_inference(sub) -> None:
     _add_model_source(p)
     p.add_argument("--data", required=True, help="list file ('relative/path label' per line) or class-folder tree")
     p.add_argument("--data-root", help="folder the list paths are relative to")
+    p.add_argument("--allow-outside-root", action="store_true", help="accept list paths that climb out of --data-root")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object (percentages to 2 decimals)")

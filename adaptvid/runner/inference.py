@@ -58,13 +58,14 @@ def is_main_process() -> bool:
 
 def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[str] = None,
              batch_size: int = 4, num_workers: int = 2, weights: Optional[str] = None, classes=None,
-             templates=None) -> dict:
+             templates=None, allow_outside_root: bool = False) -> dict:
     """Top-1 / top-5 / mean-class accuracy (percent, 2 decimals) of ``model`` on ``data`` (a list file or
     a ``<class>/<video>`` tree): ``{"top1", "top5", "mean_class", "num_videos", "skipped", "views"}``,
     the object ``adaptvid eval --json`` prints. Raises if no video could be read, or a label has no class."""
     parse_views(views)
     model = as_model(model, weights, classes, templates)
-    samples, _ = load_samples(str(data), data_root, model.class_names if Path(data).is_dir() else None)
+    samples, _ = load_samples(str(data), data_root, model.class_names if Path(data).is_dir() else None,
+                              allow_outside_root)
     check_labels(samples, model.num_classes, str(data), "the model" if classes is None else "the class names")
     loader = eval_loader(model, recorded_data(model), samples, views, batch_size, num_workers)
     accelerator = distributed_accelerator()

@@ -30,7 +30,7 @@ FLAT_SETTINGS = {
     "frames": "model.frames", "head_dropout": "model.head_dropout", "init_from": "model.init_from",
     "train_list": "data.train", "val_list": "data.val", "val": "data.val", "data_root": "data.root",
     "classes": "data.classes", "sampling": "data.sampling", "stride": "data.stride", "hflip": "data.hflip",
-    "backend": "data.backend",
+    "backend": "data.backend", "allow_outside_root": "data.allow_outside_root",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "backbone_lr": "train.backbone_lr",
     "weight_decay": "train.weight_decay", "warmup_epochs": "train.warmup_epochs", "grad_accum": "train.grad_accum",
     "clip_grad": "train.clip_grad", "precision": "train.precision", "seed": "train.seed",

@@ -48,11 +48,12 @@ def predict_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, torch
     repeats); they come back sorted by index.
     """
     model.eval()
-    indices, scores, labels = [], [], []
+    indices, scores, labels, lost = [], [], [], []
     skipped = 0
     device = model_device(model, accelerator)
     for batch in loader:
         skipped += batch["skipped"]
+        lost.append(batch.get("skipped_indices", torch.zeros(0, dtype=torch.long)).to(device))
         if batch["video"] is None:
             continue
         indices.append(batch["index"].to(device))
@@ -63,7 +64,12 @@ def predict_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, torch
     sc = torch.cat(scores) if scores else torch.zeros(0, num_classes, device=device)
     lb = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     idx, sc, lb = gather_unique(accelerator, idx, sc, lb)
-    return idx.cpu(), sc.cpu(), lb.cpu(), reduce_sum(accelerator, skipped, device)
+    lost = torch.cat(lost) if lost else torch.zeros(0, dtype=torch.long, device=device)
+    # Unreadable videos known by index count once (the distributed sampler's padding repeats some);
+    # items dropped without an index (a dataset returning None) are counted as they come.
+    unindexed = reduce_sum(accelerator, skipped - len(lost), device)
+    (lost,) = gather_unique(accelerator, lost)
+    return idx.cpu(), sc.cpu(), lb.cpu(), int(len(lost)) + unindexed
 
 
 def evaluate(model, loader, accelerator=None) -> dict:
