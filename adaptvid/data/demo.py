@@ -24,6 +24,8 @@ Run ``python -m adaptvid.data.demo DIR`` (or ``adaptvid demo-data DIR``).
 from __future__ import annotations
 
 import argparse
+import colorsys
+import json
 import os
 import time
 from pathlib import Path
@@ -40,6 +42,19 @@ _PAIRS = (
 # have a channel at or above OBJECT_MIN, so "channel max > threshold" finds them.
 BACKGROUND_MAX = 110
 OBJECT_MIN = 170
+
+
+# Two captions per class for text-video retrieval: they name the object, its colour and the
+# direction of the change.  "{colour}" is the object's colour, read from the clip
+# ("{a_colour}": with its article).
+_CAPTIONS = (
+    ("{a_colour} square grows", "a small {colour} square gets bigger"),
+    ("{a_colour} square shrinks", "a big {colour} square gets smaller"),
+    ("{a_colour} disc brightens", "a faint {colour} disc fades in"),
+    ("{a_colour} disc fades", "a bright {colour} disc fades out"),
+    ("a red square turns blue", "a square changes colour from red to blue"),
+    ("a blue square turns red", "a square changes colour from blue to red"),
+)
 
 
 def demo_class_names() -> list[str]:
@@ -124,6 +139,45 @@ def make_clip(label: int, rng: np.random.Generator, num_frames: int = 32,
     return clip[::-1].copy() if mirrored else clip
 
 
+def colour_name(rgb) -> str:
+    """A plain colour word for an RGB triple (0..255): white, grey, or a hue name."""
+    r, g, b = (float(c) / 255.0 for c in rgb)
+    hue, saturation, value = colorsys.rgb_to_hsv(r, g, b)
+    if saturation < 0.15:
+        return "white" if value > 0.7 else "grey"
+    degrees = hue * 360.0
+    for limit, name in ((15, "red"), (45, "orange"), (70, "yellow"), (165, "green"),
+                        (200, "cyan"), (255, "blue"), (290, "purple"), (335, "pink")):
+        if degrees < limit:
+            return name
+    return "red"
+
+
+def object_colour(frames: np.ndarray) -> np.ndarray:
+    """The mean RGB of the object where it shows most (largest or most opaque) in a clip.
+
+    Object pixels are those with a channel at or above OBJECT_MIN (the background stays at
+    or below BACKGROUND_MAX); the frame with the largest sum of their brightest channels is
+    the full-size square or the fully opaque disc.
+    """
+    peak = frames.max(axis=-1).astype(np.float64)
+    mask = peak >= OBJECT_MIN
+    best = int(np.argmax((peak * mask).sum(axis=(1, 2))))
+    if not mask[best].any():
+        return frames[best].reshape(-1, 3).mean(axis=0)
+    return frames[best][mask[best]].astype(np.float64).mean(axis=0)
+
+
+def demo_captions(label: int, frames: np.ndarray) -> list[str]:
+    """The two captions of a demo clip of class `label` (uint8 frames (T, H, W, 3))."""
+    if not 0 <= int(label) < len(_CAPTIONS):
+        raise ValueError(f"demo labels are 0..{len(_CAPTIONS) - 1}, got {label}")
+    colour = colour_name(object_colour(frames)) if int(label) < 4 else ""
+    article = "an" if colour[:1] in ("a", "e", "i", "o", "u") else "a"
+    return [text.format(colour=colour, a_colour=f"{article} {colour}")
+            for text in _CAPTIONS[int(label)]]
+
+
 def write_video(path, frames: np.ndarray, fps: int = 8) -> None:
     """Encode uint8 (T, H, W, 3) RGB frames as lossless H.264 mp4 (yuv420p)."""
     import av
@@ -149,9 +203,13 @@ def make_demo_data(out_dir, seed: int = 0, videos_per_class_train: int = 40,
     """Write the demo dataset under `out_dir` and return its paths.
 
     Layout: ``{train,val}/<class_slug>/NNN.mp4``, ``train.txt`` and ``val.txt``
-    (``relative/path label`` lines, relative to `out_dir`) and ``classes.txt``.
+    (``relative/path label`` lines, relative to `out_dir`), ``classes.txt``, and
+    ``captions_train.jsonl`` / ``captions_val.jsonl`` for text-video retrieval (one
+    ``{"video": relative path, "captions": [2 captions]}`` line per video, in list
+    order; the captions name the object, its colour and the direction of the change).
     The same seed gives the same frames (and, with the same PyAV/x264 build,
-    the same bytes).  Returns {"root", "train", "val", "classes"} as str paths.
+    the same bytes).  Returns {"root", "train", "val", "classes", "captions_train",
+    "captions_val"} as str paths.
     """
     if size < 16 or size % 2:
         raise ValueError(f"size must be even and >= 16 (yuv420p halves it), got {size}")
@@ -162,7 +220,7 @@ def make_demo_data(out_dir, seed: int = 0, videos_per_class_train: int = 40,
     names = demo_class_names()
     counts = {"train": videos_per_class_train, "val": videos_per_class_val}
     for split_id, (split, per_class) in enumerate(counts.items()):
-        lines = []
+        lines, captions = [], []
         for label, name in enumerate(names):
             folder = root / split / name.replace(" ", "_")
             folder.mkdir(parents=True, exist_ok=True)
@@ -171,12 +229,19 @@ def make_demo_data(out_dir, seed: int = 0, videos_per_class_train: int = 40,
                 # reshuffle the other videos.
                 rng = np.random.default_rng([seed, split_id, label, k])
                 relative = f"{split}/{folder.name}/{k:03d}.mp4"
-                write_video(root / relative, make_clip(label, rng, num_frames, size), fps)
+                clip = make_clip(label, rng, num_frames, size)
+                write_video(root / relative, clip, fps)
                 lines.append(f"{relative} {label}")
+                captions.append(json.dumps({"video": relative,
+                                            "captions": demo_captions(label, clip)}))
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (root / f"captions_{split}.jsonl").write_text(
+            "".join(line + "\n" for line in captions), encoding="utf-8")
     (root / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     return {"root": str(root), "train": str(root / "train.txt"),
-            "val": str(root / "val.txt"), "classes": str(root / "classes.txt")}
+            "val": str(root / "val.txt"), "classes": str(root / "classes.txt"),
+            "captions_train": str(root / "captions_train.jsonl"),
+            "captions_val": str(root / "captions_val.jsonl")}
 
 
 def main(argv=None) -> None:
@@ -195,7 +260,7 @@ def main(argv=None) -> None:
                            args.val_per_class, args.num_frames, args.size, args.fps)
     print(f"wrote demo data to {os.path.abspath(paths['root'])} "
           f"in {time.perf_counter() - start:.1f}s")
-    for key in ("train", "val", "classes"):
+    for key in ("train", "val", "classes", "captions_train", "captions_val"):
         print(f"  {key}: {paths[key]}")
 
 
