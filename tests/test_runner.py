@@ -63,10 +63,10 @@ def test_settings_resolve_like_the_cli_flags():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epochs=abc", "train.epochs must be a int, got 'abc'"),
-    ("train.epochs=1.5", "train.epochs must be a int, got 1.5"),
+    ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
+    ("train.epochs=1.5", "train.epochs must be an integer, got 1.5"),
     ("train=3", "train must be a section"),
-    ("train.lr=fast", "train.lr must be a float"),
+    ("train.lr=fast", "train.lr must be a number"),
     ("train.epoch=3", "unknown train setting"),
     ("model.frames=0", "model.frames must be an integer >= 1"),
     ("options.bottlenek=3", "option 'bottlenek' is not an option of st-adapter"),

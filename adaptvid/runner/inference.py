@@ -89,7 +89,7 @@ def predict(model: ModelLike, videos: Sequence[Union[str, Path]], k: int = 5, vi
     model = as_model(model, weights, classes, templates).eval()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     paths = [str(Path(v).resolve()) for v in videos]
-    present = [p for p in paths if Path(p).is_file()]   # a missing file is named here, not by the reader
+    present = [p for p in paths if Path(p).is_file()]   # a missing file or a folder is named here, not by the reader
     loader = eval_loader(model, recorded_data(model), [VideoSample(p, 0) for p in present], views,
                          batch_size=1, num_workers=0)
     read = dict(zip(present, loader))
@@ -97,7 +97,8 @@ def predict(model: ModelLike, videos: Sequence[Union[str, Path]], k: int = 5, vi
     for path in paths:
         batch = read.get(path)
         if batch is None or batch["video"] is None:
-            error = "no such file" if batch is None else "unreadable (see the warning above)"
+            error = ("unreadable (see the warning above)" if batch is not None else
+                     "is a directory, not a video file" if Path(path).is_dir() else "no such file")
             results.append({"video": path, "error": error})
             continue
         scores = view_scores(model, batch["video"])[0]

@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from ..data.sampling import parse_views
 from ..methods.registry import get_method, list_methods, split_method_names
 from ..train.config import TrainConfig
 from .recipes import RecipeError, apply_overrides, load_recipe, parse_value
@@ -134,6 +135,25 @@ def check_settings(settings: dict) -> None:
     if not isinstance(train, Mapping):
         raise SettingsError(f"train must be a section of training settings (train.epochs=...), got {train!r}")
     train_config(train)
+    try:
+        parse_views(str(train.get("views", "1x1")))
+    except ValueError as error:
+        raise SettingsError(f"train.views: {error}") from error
+    if settings.get("output"):
+        check_output_path(Path(settings["output"]))
+
+
+def check_output_path(output: Path) -> None:
+    """An output folder that can be a folder: not an existing file, not under one (before training, not
+    after an epoch)."""
+    if output.exists() and not output.is_dir():
+        raise SettingsError(f"output {output} is a file, not a folder: choose another --output")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SettingsError(f"output {output}: {parent} is a file, so no folder can be made under it; "
+                                    "choose another --output")
+            break
 
 
 def _accepts(annotation, value) -> bool:
@@ -180,7 +200,9 @@ def train_config(train: Mapping[str, Any], progress: Optional[bool] = None) -> T
 
 def _type_name(annotation) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return text.replace("Optional[", "").replace("]", " or null") if text.startswith("Optional[") else f"a {text}"
+    if text.startswith("Optional["):
+        return text.replace("Optional[", "").replace("]", " or null")
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}.get(text, f"a {text}")
 
 
 __all__ = ["FLAT_SETTINGS", "SettingsError", "check_settings", "method_option_fields", "parse_value",
