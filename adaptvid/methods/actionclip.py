@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._temporal import TemporalTransformer
-from ._text_heads import SampledTemplateClassifier
+from ._text_heads import SampledTemplateClassifier, train_clip_logit_scale
 from .registry import register_method
 
 # adaptvid's own templates (phrasings of "a person doing <action>" in a video), not the paper's list.
@@ -87,4 +87,5 @@ def apply_actionclip(model, config: ActionCLIPConfig) -> None:
         model.backbone.tower.requires_grad_(True)    # trained at backbone_lr (the official base rate)
     if config.train_text:
         text.requires_grad_(True)                    # all of it, word embeddings and logit scale included
+        train_clip_logit_scale(model, True)          # (unless a kept classifier has its own temperature)
     model.set_aggregator(transf_fusion(model.embed_dim, config.fusion_layers, model.num_frames, text.context_length))

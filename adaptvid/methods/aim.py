@@ -28,6 +28,7 @@ from torch import nn
 
 from ..backbones import BlockView, FrameContext
 from ._blocks import Bottleneck, TemporalEmbedding, bottleneck_width
+from ._readout import request_readout
 from .registry import register_method
 
 DROP_PATH_MASKS = ("token", "video")
@@ -50,6 +51,10 @@ class AIMConfig:
     drop_path_mask: str = field(default="token", metadata={
         "help": "'token': one drop-path draw per token position shared by the whole batch, as the official "
                 "sequence-first code does; 'video': one draw per video (standard stochastic depth)"})
+
+    def clip_bound(self) -> str:
+        """What is built for whole num_frames-frame clips (registry.check_clip_length)."""
+        return "aim's temporal embedding (temporal_embedding=False leaves it out)" if self.temporal_embedding else ""
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio:
@@ -177,7 +182,7 @@ def apply_aim(model, config: AIMConfig) -> None:
     model.train_tower_parameters(*backbone.final_norms())
     # The paper's readout: final norm on each frame's CLS, mean over time, no CLIP projection
     # (the final norm is per token, so "norm then mean" is embed-mean, not token-mean).
-    model.set_readout("embed-mean", project=False)
-    if model.head is not None:  # the I3D head's fc_cls init
+    request_readout(model, "aim", "embed-mean", project=False)
+    if isinstance(model.head, nn.Linear):  # the I3D head's fc_cls init (a text classifier has none)
         nn.init.normal_(model.head.weight, std=0.01)
         nn.init.zeros_(model.head.bias)

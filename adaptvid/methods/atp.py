@@ -89,6 +89,24 @@ class ATPSelector(nn.Module):
         return frames[torch.arange(frames.shape[0], device=frames.device), index]
 
 
+def check_frames_to_select(model, train_frames: Optional[int] = None) -> None:
+    """ATP learns to choose among a clip's frames: a training-frame subsampler that leaves fewer than two
+    (Singularity's ``train_frames=1``) would leave the selector nothing to choose, so it would never learn.
+
+    From atp (``train_frames`` None): checks the model's subsampler; from singularity (its ``train_frames``):
+    checks for an ATP selector already in place."""
+    if train_frames is None:
+        train_frames = getattr(model.train_frame_selector, "k", None)
+        if train_frames is None:
+            return
+    elif not isinstance(model.aggregator, ATPSelector):
+        return
+    if train_frames < 2:
+        raise ValueError(f"atp's selector learns to choose one of a clip's frames, but singularity trains on "
+                         f"{train_frames} frame(s) per clip, so the selector would get no gradient; use "
+                         "train_frames >= 2 or choose one of them")
+
+
 @register_method(
     "atp", ATPConfig, family="hybrid", claims=("readout",),
     paper="Buch, Eyzaguirre, Gaidon, Wu, Fei-Fei, Niebles. Revisiting the \"Video\" in Video-Language "
@@ -97,6 +115,9 @@ class ATPSelector(nn.Module):
          "straight-through in training, argmax at eval); linear or text classifier on it; cacheable",
 )
 def apply_atp(model, config: ATPConfig) -> None:
+    check_frames_to_select(model)
+    # The selector reads per-frame embeddings: embed-mean, with the projection the earlier methods chose
+    # (the registry applies atp after the methods that set the tower's readout, e.g. st-adapter's).
     if model.pool != "embed-mean":
         model.set_readout("embed-mean", model.project)
     if config.atp_classifier == "text":

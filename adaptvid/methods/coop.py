@@ -83,7 +83,7 @@ def make_learner(model, n_ctx: int, position: str, class_specific: bool, init: s
 
 
 @register_method(
-    "coop", CoOpConfig, family="prompt tuning", needs_text=True,
+    "coop", CoOpConfig, family="prompt tuning", needs_text=True, stage="prompt",
     paper="Zhou, Yang, Loy, Liu. Learning to Prompt for Vision-Language Models (CoOp), IJCV 2022",
     help="learned text context in the class prompts; CLIP frozen, cosine-similarity classifier",
 )

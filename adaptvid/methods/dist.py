@@ -82,6 +82,10 @@ class DiSTConfig:
     integration_conv_ratio: float = field(default=0.25, metadata={
         "help": "width of the integration branch's temporal-conv bottleneck, x384"})
 
+    def reframes(self) -> str:
+        """What it does to the frames the tower sees (registry.check_clip_length)."""
+        return f"runs the image tower on one frame in {self.frame_ratio} only"
+
     def __post_init__(self) -> None:
         for name in ("temporal_width", "integration_width", "frame_ratio"):
             if getattr(self, name) < 1:
@@ -174,6 +178,9 @@ class IntegrationLayer(nn.Module):
 class DiSTEncoder(nn.Module):
     """The DiST video encoder: ``encoder(video, model) -> (B, integration_width)`` on clips of 2T frames."""
 
+    # How the readout uses backbone.head (methods/_readout.py): never — the final norm and projection are unused.
+    head_projection = None
+
     def __init__(self, spatial_width: int, patch_size: int, depth: int, grid: tuple[int, int],
                  config: DiSTConfig) -> None:
         super().__init__()
@@ -222,7 +229,7 @@ class DiSTEncoder(nn.Module):
 
 
 @register_method(
-    "dist", DiSTConfig, family="side network", claims=("readout",),
+    "dist", DiSTConfig, family="side network", claims=("readout", "frames"),
     paper="Qing et al., Disentangling Spatial and Temporal Learning for Efficient Image-to-Video Transfer "
           "Learning, ICCV 2023",
     help="frozen tower on every other frame (no backprop); a 96-wide temporal encoder on all frames and a "
@@ -235,4 +242,7 @@ def apply_dist(model, config: DiSTConfig) -> None:
                          f"multiple of {config.frame_ratio} (e.g. 16 for the paper's 8+16f), got {model.num_frames}")
     encoder = DiSTEncoder(backbone.width, backbone.patch_size, backbone.depth, backbone.grid, config)
     encoder.reference_frames = max(1, model.num_frames // config.frame_ratio)  # the image model sees T frames
+    from ._text_heads import check_linear_readout
+
+    check_linear_readout(model, "dist", encoder.out_dim)
     model.set_video_encoder(encoder)

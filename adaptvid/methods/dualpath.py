@@ -88,6 +88,11 @@ class DualPathConfig:
     projection: bool = field(default=True, metadata={
         "help": "read each path's CLS through the final norm and the frozen CLIP projection (false: final norm only)"})
 
+    def reframes(self) -> str:
+        """What it does to the frames the tower sees (registry.check_clip_length)."""
+        return (f"runs the tower on {self.spatial_frames} of the clip's frames and on "
+                f"{self.grid}x{self.grid}-frame grid framesets")
+
     def __post_init__(self) -> None:
         if self.spatial_frames < 1:
             raise ValueError(f"dualpath spatial_frames must be >= 1, got {self.spatial_frames}")
@@ -276,13 +281,16 @@ class DualPathEncoder(nn.Module):
 
 
 @register_method(
-    "dualpath", DualPathConfig, family="adapter", claims=("readout",),
+    "dualpath", DualPathConfig, family="adapter", claims=("readout", "frames", "attention"),
     paper="Park, Lee, Sohn. Dual-path Adaptation from Image to Video Transformers, CVPR 2023",
     help="spatial path (full-res frames, parallel adapters) + temporal path (grid framesets, serial adapters, "
          "temporal embedding) through one frozen tower; MLP head on both paths' mean CLS",
 )
 def apply_dualpath(model, config: DualPathConfig) -> None:
     backbone = model.backbone
+    if "vpt" in backbone.after_embed:   # vpt checks this too when it comes second; the registry applies it first
+        raise ValueError("shallow vpt changes the prefix tokens that dualpath's frameset embedding reads before "
+                         "the pre-norm; use vpt_depth='deep' with dualpath")
     width = backbone.width
     frames, per_set = model.num_frames, config.grid * config.grid
     if frames % per_set or frames < config.spatial_frames:
@@ -306,5 +314,6 @@ def apply_dualpath(model, config: DualPathConfig) -> None:
     feature_dim = backbone.embed_dim if config.projection else backbone.width
     encoder = DualPathEncoder(feature_dim, config.spatial_frames, config.grid, config.projection)
     encoder.reference_frames = config.spatial_frames  # FLOPs reference: the image model on the spatial frames
+    encoder.head_projection = config.projection   # both paths' CLS through backbone.head (methods/_readout.py)
     model.set_video_encoder(encoder)
     model.set_readout("embed-mean", project=config.projection)   # recorded with checkpoints; the head stays E wide

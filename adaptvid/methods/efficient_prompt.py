@@ -124,6 +124,8 @@ def apply_efficient_prompt(model, config: EfficientPromptConfig) -> None:
     check_no_text_classifier(model, "efficient-prompt")
     text = model.use_text()
     prompt = EfficientPromptText(text.width, text.context_length, config.prefix, config.postfix)
+    # Frame embeddings in CLIP's joint space, whatever readout an adapter chosen with it prefers.
+    model.set_readout("embed-mean", project=True)
     model.set_text_classifier(prompt=prompt, fixed_logit_scale=1.0 / TEMPERATURE)
     model.set_aggregator(TemporalTransformer(model.embed_dim, config.tfm_layers, config.tfm_heads, model.num_frames,
                                              position_std=0.01))

@@ -50,6 +50,10 @@ class EVLConfig:
         "help": "temporal cross-attention feature from adjacent frames' attention q/k (zero-init tables)"})
     mlp_dropout: float = field(default=0.5, metadata={"help": "dropout between the activation and fc2 of the decoder MLPs"})
 
+    def clip_bound(self) -> str:
+        """What is built for whole num_frames-frame clips (registry.check_clip_length)."""
+        return "evl's decoder (its temporal modules)"
+
     def __post_init__(self) -> None:
         if self.num_layers < 1:
             raise ValueError(f"evl num_layers must be >= 1, got {self.num_layers}")
@@ -155,6 +159,9 @@ class DecoderLayer(nn.Module):
 class EVLDecoder(nn.Module):
     """The EVL decoder as a VideoModel decoder: reads blocks [depth-N, ..., depth-1] and their q/k, returns (B, D)."""
 
+    # How the readout uses backbone.head (methods/_readout.py): never — the final norm and projection are unused.
+    head_projection = None
+
     def __init__(self, width: int, num_heads: int, depth: int, grid: tuple[int, int], num_frames: int,
                  config: EVLConfig) -> None:
         super().__init__()
@@ -211,6 +218,22 @@ class EVLDecoder(nn.Module):
         return self.norm(x[:, 0])
 
 
+def check_composition(model, decoder: EVLDecoder) -> None:
+    """Refuse, with the reason, what the methods applied before evl leave that its decoder cannot work with."""
+    from ._text_heads import check_linear_readout
+    from .lora import check_attention_sees_lora
+
+    backbone = model.backbone
+    check_linear_readout(model, "evl", decoder.out_dim)
+    qk_blocks = sorted({i % backbone.depth for i in decoder.qk_layers})
+    replaced = sorted({name for i in qk_blocks for name in backbone.slots[i].attention})
+    if replaced:
+        raise ValueError(f"evl's cross-frame attention feature reads the frozen attention's queries and keys of "
+                         f"block(s) {qk_blocks}, but {', '.join(replaced)} replaces the attention there; pass "
+                         "temporal_cross_attention=False or choose one of them")
+    check_attention_sees_lora(model, "evl", qk_blocks, "reads the queries and keys (and computes the attention)")
+
+
 @register_method(
     "evl", EVLConfig, family="decoder", claims=("readout",),
     paper="Lin et al., Frozen CLIP Models are Efficient Video Learners, ECCV 2022",
@@ -220,6 +243,7 @@ class EVLDecoder(nn.Module):
 def apply_evl(model, config: EVLConfig) -> None:
     backbone = model.backbone
     decoder = EVLDecoder(backbone.width, backbone.num_heads, backbone.depth, backbone.grid, model.num_frames, config)
+    check_composition(model, decoder)
     model.set_decoder(decoder)
-    if model.head is not None:   # the official head Linear keeps PyTorch's default init
+    if isinstance(model.head, nn.Linear):   # the official head Linear keeps PyTorch's default init
         model.head.reset_parameters()

@@ -236,6 +236,37 @@ def lora_modules(model) -> dict[str, nn.Module]:
     return found
 
 
+def lora_attention_blocks(model) -> list[int]:
+    """Blocks whose attention module is a LoRA-wrapped ``nn.MultiheadAttention`` (open_clip towers): there the
+    update reaches the weights only through the module's call, not through the view's ``qkv`` / ``attn_out``."""
+    if MultiheadAttentionLoRA is None:   # never built, so no tower holds one
+        return []
+    return [i for i, view in enumerate(model.backbone.views)
+            if any(isinstance(m, MultiheadAttentionLoRA) for m in view.block.modules())]
+
+
+def check_attention_sees_lora(model, method: str, blocks, what: str = "computes the attention") -> None:
+    """Refuse a method that runs ``blocks``' attention through the q/k/v handles on blocks where lora's
+    update of the fused open_clip attention would not be seen (its tensors would train on nothing)."""
+    hit = sorted(set(lora_attention_blocks(model)) & set(blocks))
+    if hit:
+        raise ValueError(f"{method} {what} of block(s) {hit} from the frozen q/k/v projections, which on this "
+                         f"open_clip tower do not see lora's update of the fused attention weights (lora's "
+                         f"attention tensors there would get no gradient); choose one of them, or use a "
+                         f"transformers (hf) or timm backbone")
+
+
+def _attention_handle_blocks(model) -> list[int]:
+    """Blocks whose attention an applied method computes through the q/k/v handles: a replaced attention, or
+    the q/k a decoder captures (EVL)."""
+    backbone = model.backbone
+    blocks = [i for i, slot in enumerate(backbone.slots) if len(slot.attention)]
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        blocks += [i % backbone.depth for i in getattr(decoder, "qk_layers", ())]
+    return blocks
+
+
 def merge_lora(model, config: LoRAConfig = None) -> None:
     """Fold every LoRA update into its frozen weight (peft's merge) and put the library's modules back.
 
@@ -299,6 +330,9 @@ def apply_lora(model, config: LoRAConfig) -> None:
             p.requires_grad_(before[_plain_name(name)])
     # They sit inside the tower but are new modules: trained at the new modules' learning rate, not backbone_lr.
     model.train_tower_parameters(*_lora_factors(tower))
+    # (the registry applies lora before the methods that read the attention through the q/k/v handles, and
+    # they check; this covers a model rebuilt in another order)
+    check_attention_sees_lora(model, "a method applied before lora", _attention_handle_blocks(model))
     # The views keep their handles: their attention and MLP calls go through the (now wrapped) modules
     # by attribute. They are not re-read here: open_clip's views do not recognise a wrapped
     # nn.MultiheadAttention (backbone.refresh_views() before merging fails on open_clip towers).

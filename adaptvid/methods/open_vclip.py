@@ -51,6 +51,7 @@ from torch import nn
 from ..backbones import Backbone, FrameContext
 from ..backbones.base import attention
 from ..text import TextClassifier
+from ._text_heads import train_clip_logit_scale
 from .registry import register_method
 from .vifi_clip import unfreeze_text
 
@@ -245,14 +246,17 @@ def iwo_loss(model, video: torch.Tensor, labels: torch.Tensor, original_fraction
 
 
 @register_method(
-    NAME, OpenVCLIPConfig, family="post-pretraining", needs_text=True,
+    NAME, OpenVCLIPConfig, family="post-pretraining", needs_text=True, claims=("readout", "attention"),
     paper="Weng, Yang, Li, Wu, Jiang. Open-VCLIP: Transforming CLIP to an Open-vocabulary Video Model via "
           "Interpolated Weight Optimization. ICML 2023",
     help="every frame also attends to frames t-1 and t+1 (no new parameters); CLIP fine-tuned, weights patched "
          "half-way back to CLIP for open-vocabulary use",
 )
 def apply_open_vclip(model, config: OpenVCLIPConfig) -> None:
+    from .lora import check_attention_sees_lora
+
     backbone = model.backbone
+    check_attention_sees_lora(model, NAME, range(backbone.depth))
     for index, (view, slot) in enumerate(zip(backbone.views, backbone.slots)):
         if view.qkv is None or view.attn_out is None:
             raise ValueError(f"open-vclip: block {index} of {backbone.name!r} offers no q/k/v handles "
@@ -266,7 +270,7 @@ def apply_open_vclip(model, config: OpenVCLIPConfig) -> None:
     model.train_tower_parameters(backbone.tower)
     if config.train_text:
         unfreeze_text(text)
-    text.logit_scale.requires_grad_(True)
+    train_clip_logit_scale(model, True)   # CLIP's temperature, unless a kept classifier has its own
     if config.keep_original_weights:
         model.open_vclip_original = OriginalWeights(
             {name: p for name, p in model.named_parameters() if p.requires_grad})

@@ -154,6 +154,9 @@ class SideBlock(nn.Module):
 class Side4VideoDecoder(nn.Module):
     """The side network as a VideoModel decoder: reads every block's output, returns (B, side_width)."""
 
+    # How the readout uses backbone.head (methods/_readout.py): never — the final norm and projection are unused.
+    head_projection = None
+
     def __init__(self, width: int, depth: int, grid: tuple[int, int], config: Side4VideoConfig) -> None:
         super().__init__()
         c = config.side_width
@@ -196,6 +199,10 @@ class Side4VideoDecoder(nn.Module):
 )
 def apply_side4video(model, config: Side4VideoConfig) -> None:
     backbone = model.backbone
-    model.set_decoder(Side4VideoDecoder(backbone.width, backbone.depth, backbone.grid, config))
-    if model.head is not None:   # the official fc keeps PyTorch's default Linear init
+    from ._text_heads import check_linear_readout
+
+    decoder = Side4VideoDecoder(backbone.width, backbone.depth, backbone.grid, config)
+    check_linear_readout(model, "side4video", decoder.out_dim)
+    model.set_decoder(decoder)
+    if isinstance(model.head, nn.Linear):   # the official fc keeps PyTorch's default Linear init
         model.head.reset_parameters()

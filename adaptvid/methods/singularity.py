@@ -40,6 +40,10 @@ class SingularityConfig:
     singularity_classifier: str = field(default="linear", metadata={
         "help": "'linear' head or 'text' (CLIP class texts; needs a CLIP backbone and class names)"})
 
+    def reframes(self) -> str:
+        """What it does to the frames the tower sees (registry.check_clip_length)."""
+        return f"trains on {self.train_frames} random frame(s) of each clip"
+
     def __post_init__(self) -> None:
         if self.train_frames < 1:
             raise ValueError(f"singularity train_frames must be >= 1, got {self.train_frames}")
@@ -73,23 +77,32 @@ class RandomFrames(nn.Module):
 
 
 @register_method(
-    "singularity", SingularityConfig, family="hybrid",
+    "singularity", SingularityConfig, family="hybrid", claims=("frames",), stage="training",
     paper="Lei, Berg, Bansal. Revealing Single Frame Bias for Video-and-Language Learning. ACL 2023",
     help="train on one random frame per video (fine-tuned tower), test on the mean of all frames: the "
          "single-frame baseline",
 )
 def apply_singularity(model, config: SingularityConfig) -> None:
     if model.video_encoder is not None:
-        raise ValueError("singularity cannot be combined with a method that runs the tower itself (a video encoder)")
+        applied = ", ".join(name for name, _ in model.methods)
+        raise ValueError(f"singularity cannot subsample the training frames of {applied}: its "
+                         f"{type(model.video_encoder).__name__} runs the tower itself (a video encoder); "
+                         "choose one of them")
     if model.train_frame_selector is not None:
         raise ValueError("another method already subsamples the training frames")
+    from .atp import check_frames_to_select
+
+    check_frames_to_select(model, config.train_frames)
     model.train_frame_selector = RandomFrames(config.train_frames)
     if config.singularity_classifier == "text":
         from ..text import DEFAULT_TEMPLATES, TextClassifier
         from ._text_heads import SampledTemplateClassifier
 
+        from ._readout import record_readout
+
         text = model.use_text()
         model.set_readout("embed-mean", project=True)
+        record_readout(model, "singularity", "embed-mean")   # the mean of the frame embeddings, at test time
         if not isinstance(model.head, TextClassifier):
             model.set_text_classifier(DEFAULT_TEMPLATES, classifier_cls=SampledTemplateClassifier)
         if config.singularity_finetune:

@@ -3,6 +3,11 @@
 x <- x + up(dwconv3d(down(x))) on the patch tokens; prefix (CLS) tokens pass
 unchanged. No non-linearity. The conv (weight and bias) and both linear biases
 start at zero, so the adapted model starts as the image model exactly.
+
+Readout: ST-Adapter's own is ``token-mean`` without the projection. Composed with a method that
+reads per-frame embeddings (ATP's frame selector, a temporal transformer, AIM, ZeroI2V, a text
+classifier over the mean of frame embeddings), the model keeps ``embed-mean`` — in any order, since
+the registry applies ST-Adapter before a readout owner — and the adapters feed that readout.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 from torch import nn
 
 from ..backbones import FrameContext
+from ._readout import request_readout
 from .registry import register_method
 
 PLACEMENTS = {"mlp": ("before_mlp",), "attn+mlp": ("before_attn", "before_mlp")}
@@ -66,5 +72,7 @@ def apply_st_adapter(model, config: STAdapterConfig) -> None:
     for slot in backbone.slots:
         for point in PLACEMENTS[config.placement]:
             slot.add(point, "st_adapter", STAdapter(backbone.width, config.bottleneck, config.kernel_t))
-    # The paper's readout: CLS averaged over time, then the frozen final norm; no CLIP projection.
-    model.set_readout("token-mean", project=False)
+    # The paper's readout: CLS averaged over time, then the frozen final norm; no CLIP projection. A
+    # preference: a method that reads per-frame embeddings (a temporal aggregator, AIM, a text classifier
+    # over the frame mean) keeps embed-mean (methods/_readout.py).
+    request_readout(model, "st-adapter", "token-mean", project=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..text import TextClassifier
+from ._text_heads import train_clip_logit_scale
 from .actionclip import transf_fusion
 from .registry import register_method
 
@@ -55,5 +56,5 @@ def apply_text4vis(model, config: Text4VisConfig) -> None:
         model.set_text_classifier((config.text4vis_template,))
     if not config.freeze_visual:
         model.backbone.tower.requires_grad_(True)
-    text.logit_scale.requires_grad_(config.train_logit_scale)
+    train_clip_logit_scale(model, config.train_logit_scale)   # if the classifier uses CLIP's temperature
     model.set_aggregator(transf_fusion(model.embed_dim, config.fusion_layers, model.num_frames, text.context_length))

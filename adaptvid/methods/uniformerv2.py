@@ -154,6 +154,9 @@ class GlobalLayer(DecoderLayer):
 class UniFormerV2Decoder(nn.Module):
     """The global UniBlock (and the fusion) as a VideoModel decoder over blocks [depth-K, ..., depth-1]."""
 
+    # How the readout uses backbone.head (methods/_readout.py): never — the final norm and projection are unused.
+    head_projection = None
+
     def __init__(self, width: int, num_heads: int, depth: int, config: UniFormerV2Config) -> None:
         super().__init__()
         k = min(config.num_global_layers, depth)
@@ -225,8 +228,12 @@ def apply_uniformerv2(model, config: UniFormerV2Config) -> None:
         for slot in backbone.slots:
             for point in points:
                 slot.add(point, "uniformerv2_local", LocalMHRA(backbone.width, hidden))
-    model.set_decoder(UniFormerV2Decoder(backbone.width, backbone.num_heads, backbone.depth, config))
-    if model.head is not None:   # the official head Linear keeps PyTorch's default init
+    from ._text_heads import check_linear_readout
+
+    decoder = UniFormerV2Decoder(backbone.width, backbone.num_heads, backbone.depth, config)
+    check_linear_readout(model, "uniformerv2", decoder.out_dim)
+    model.set_decoder(decoder)
+    if isinstance(model.head, nn.Linear):   # the official head Linear keeps PyTorch's default init
         model.head.reset_parameters()
     if not config.frozen:
         backbone.tower.requires_grad_(True)   # trained at the trainer's backbone_lr

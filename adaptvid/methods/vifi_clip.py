@@ -74,12 +74,16 @@ def use_text_classifier(model, templates) -> None:
     help="both CLIP towers fine-tuned; mean of frame embeddings vs. 'a photo of a {}.' class texts; no new parameters",
 )
 def apply_vifi_clip(model, config: ViFiCLIPConfig) -> None:
+    from ._readout import record_readout
+    from ._text_heads import train_clip_logit_scale
+
     text = model.use_text()
     use_text_classifier(model, (PHOTO_TEMPLATE,))
+    record_readout(model, NAME, "embed-mean")
     if config.train_visual:
         model.train_tower_parameters(model.backbone.tower)
     if config.train_text:
         unfreeze_text(text)
     # The official "both" mode unfreezes every CLIP parameter, the temperature included; the
-    # image-only and text-only variants leave it frozen.
-    text.logit_scale.requires_grad_(config.train_text and config.train_visual)
+    # image-only and text-only variants leave it frozen (and so does a kept classifier that does not use it).
+    train_clip_logit_scale(model, config.train_text and config.train_visual)

@@ -61,6 +61,10 @@ class VitaCLIPConfig:
     vita_train_cls_proj: bool = field(default=False, metadata={
         "help": "train the per-block CLS projection; the official code leaves it frozen at random init"})
 
+    def clip_bound(self) -> str:
+        """What is built for whole num_frames-frame clips (registry.check_clip_length)."""
+        return "vita-clip's local prompts (vita_local_prompts=False leaves them out)" if self.vita_local_prompts else ""
+
     def __post_init__(self) -> None:
         if self.vita_global_prompts < 0 or self.vita_text_ctx < 1:
             raise ValueError("vita-clip needs vita_global_prompts >= 0 and vita_text_ctx >= 1")
@@ -163,15 +167,17 @@ class VitaClassifier(TextClassifier):
 
 
 @register_method(
-    "vita-clip", VitaCLIPConfig, family="prompt tuning", needs_text=True,
+    "vita-clip", VitaCLIPConfig, family="prompt tuning", needs_text=True, stage="prompt",
     paper="Wasim, Naseer, Khan, Khan, Shah. Vita-CLIP: Video and text adaptive CLIP via Multimodal Prompting, "
           "CVPR 2023",
     help="frozen CLIP; time embedding, per-block global/local/summary video prompts, class-specific text context",
 )
 def apply_vita_clip(model, config: VitaCLIPConfig) -> None:
-    if isinstance(model.head, TextClassifier):
-        raise ValueError("vita-clip sets its own text classifier (learned context and temperature) but another "
-                         "method already set one; choose one of them")
+    from ._readout import record_readout
+    from ._text_heads import check_no_text_classifier
+
+    check_no_text_classifier(model, "vita-clip", " (learned context and temperature)")
+    record_readout(model, "vita-clip", "embed-mean")
     backbone = model.backbone
     width, frames = backbone.width, model.num_frames
     backbone.before_pre_norm[NAME] = TimeEmbedding(frames, width)

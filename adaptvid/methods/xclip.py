@@ -72,6 +72,9 @@ class XClipConfig:
 class XClipVideoEncoder(nn.Module):
     """Runs the tower (message tokens in its slots), returns (MIT video embedding, averaged visual tokens)."""
 
+    # How the readout uses backbone.head (methods/_readout.py): on every frame's CLS, projected.
+    head_projection = True
+
     def __init__(self, width: int, embed_dim: int, num_frames: int, mit_layers: int, mit_heads: int) -> None:
         super().__init__()
         self.out_dim = embed_dim
@@ -129,12 +132,16 @@ class XClipClassifier(TextClassifier):
 
 
 @register_method(
-    "x-clip", XClipConfig, family="combination", aliases=("xclip",), claims=("readout",), needs_text=True,
+    "x-clip", XClipConfig, family="combination", aliases=("xclip",), claims=("readout", "frames"), needs_text=True,
     paper="Ni et al., Expanding Language-Image Pretrained Models for General Video Recognition (X-CLIP), ECCV 2022",
     help="cross-frame message tokens + multi-frame integration transformer + video-specific text prompts; "
          "image tower fine-tuned, text tower frozen",
 )
 def apply_xclip(model, config: XClipConfig) -> None:
+    from ._text_heads import check_no_text_classifier
+
+    # Its classifier (video-specific prompts) would silently replace another method's.
+    check_no_text_classifier(model, "x-clip", " (video-specific prompts on its class texts)")
     backbone = model.backbone
     text = model.use_text()
     embed_dim = text.embed_dim

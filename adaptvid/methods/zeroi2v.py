@@ -33,6 +33,7 @@ from torch import nn
 from ..backbones import FrameContext
 from ..backbones.base import attention, merge_heads, split_heads
 from ._blocks import Bottleneck, TemporalEmbedding
+from ._readout import request_readout
 from .registry import register_method
 
 NAME = "zeroi2v"
@@ -46,6 +47,10 @@ class ZeroI2VConfig:
     adapter_dropout: float = field(default=0.1, metadata={"help": "dropout between the adapters' two linears (training only)"})
     shift_div: int = field(default=12, metadata={
         "help": "STDHA: D / shift_div key/value channels come from frame t-1 and as many from t+1; 0 turns the shift off"})
+
+    def clip_bound(self) -> str:
+        """What is built for whole num_frames-frame clips (registry.check_clip_length)."""
+        return "zeroi2v's temporal embedding"
 
     def __post_init__(self) -> None:
         if not self.bottleneck_ratio > 0:
@@ -235,7 +240,7 @@ def merge_zeroi2v(model, config: ZeroI2VConfig) -> None:
 
 
 @register_method(
-    NAME, ZeroI2VConfig, family="adapter",
+    NAME, ZeroI2VConfig, family="adapter", claims=("attention",),
     paper="Li, Zhu, Wang. ZeroI2V: Zero-Cost Adaptation of Pre-trained Transformers from Image to Video. ECCV 2024",
     help="K/V channel shift across frames (STDHA) + 4 linear adapters per block, mergeable into the frozen weights",
     merge=merge_zeroi2v,
@@ -252,6 +257,9 @@ def apply_zeroi2v(model, config: ZeroI2VConfig) -> None:
     def adapter() -> Bottleneck:
         return linear_adapter(width, hidden, config.adapter_scale, config.adapter_dropout)
 
+    from .lora import check_attention_sees_lora
+
+    check_attention_sees_lora(model, NAME, range(backbone.depth))
     for index, (view, slot) in enumerate(zip(backbone.views, backbone.slots)):
         if view.qkv is None or view.attn_out is None:
             raise ValueError(f"zeroi2v: block {index} of {backbone.name!r} offers no q/k/v handles "
@@ -262,4 +270,4 @@ def apply_zeroi2v(model, config: ZeroI2VConfig) -> None:
     backbone.before_pre_norm[NAME] = TemporalEmbedding(model.num_frames, width, NAME)
     model.train_tower_parameters(*backbone.final_norms())
     # The paper's readout: ln_post(CLS) per frame, mean over time (I3D head), no CLIP projection.
-    model.set_readout("embed-mean", project=False)
+    request_readout(model, NAME, "embed-mean", project=False)
