@@ -251,7 +251,7 @@ def test_weights_override_loads_another_tower(checkpoints, tmp_path):
     tower_file = _save_tower(source, tmp_path)
 
     default = load_model(directory)
-    override = load_model(directory, weights=tower_file)
+    override = load_model(directory, weights=tower_file, allow_other_weights=True)
     assert override.weights == tower_file
     for name, value in source.tower.state_dict().items():
         assert torch.equal(override.backbone.tower.state_dict()[name], value), name

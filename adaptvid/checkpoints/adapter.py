@@ -4,9 +4,12 @@ Layout of a checkpoint folder::
 
     adapter.safetensors   the parameters with requires_grad=True, by their model names, and the
                           persistent buffers of the methods' own modules (BatchNorm running statistics)
-    adaptvid.json         backbone name, weights spec, methods and their configs, classes, version
+    adaptvid.json         backbone name, weights spec, methods and their configs, classes, version, and
+                          ``frozen_fingerprint``: a cheap fingerprint of the frozen tower tensors the
+                          checkpoint does not hold (``fingerprint.py``), checked when it is loaded
 
-Nothing here unpickles: safetensors holds tensors only, the config is JSON.
+A training run's folder also holds ``trainer_state.pt`` and the manifest ``checkpoint.json``, written
+as one unit by ``unit.py``. Nothing here unpickles: safetensors holds tensors only, the config is JSON.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from ..version import __version__
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adaptvid.json"
+MANIFEST_FILE = "checkpoint.json"   # a training checkpoint's manifest (unit.py)
 FORMAT = "adaptvid-adapter"
 FORMAT_VERSION = 1
 logger = logging.getLogger("adaptvid")
@@ -60,6 +64,8 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def model_config(model, class_names: Optional[list[str]] = None) -> dict:
+    from .fingerprint import frozen_fingerprint
+
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -76,6 +82,7 @@ def model_config(model, class_names: Optional[list[str]] = None) -> dict:
         "merged": list(getattr(model, "merged_methods", [])),
         "init_from": getattr(model, "init_from_path", None),  # frozen towers taken from that checkpoint
         "preprocess": dataclasses.asdict(model.backbone.preprocess),
+        "frozen_fingerprint": frozen_fingerprint(model, saved_tensors(model)),
     }
 
 
@@ -83,14 +90,9 @@ def _names(class_names) -> Optional[list[str]]:
     return list(class_names) if class_names is not None else None
 
 
-def save_adapter(model, directory, class_names=None, extra: Optional[dict] = None) -> Path:
-    """Write ``adapter.safetensors`` and ``adaptvid.json`` into ``directory`` (created if needed).
-
-    Files are written to a temporary name and renamed, so an interrupted save
-    never leaves a half-written checkpoint in place of a good one.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def config_text(model, class_names=None, extra: Optional[dict] = None, directory=None) -> str:
+    """The ``adaptvid.json`` text ``save_adapter`` writes (serialised first: a bad value fails before any
+    file is written). Warns when the checkpoint will not be reproducible (a random frozen tower)."""
     config = model_config(model, class_names)
     frozen_tower = any(not p.requires_grad for p in model.backbone.tower.parameters())
     if config["weights"] == "random" and frozen_tower:
@@ -99,11 +101,30 @@ def save_adapter(model, directory, class_names=None, extra: Optional[dict] = Non
                        model.backbone.name)
     if extra:
         config["extra"] = extra
+    return json.dumps(config, indent=2) + "\n"
+
+
+def write_weights(tensors: dict[str, torch.Tensor], path) -> None:
+    """``adapter.safetensors``: byte-identical for identical tensors (one metadata key only: safetensors
+    writes several in no fixed order)."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def save_adapter(model, directory, class_names=None, extra: Optional[dict] = None) -> Path:
+    """Write ``adapter.safetensors`` and ``adaptvid.json`` into ``directory`` (created if needed).
+
+    Files are written to a temporary name and renamed, so an interrupted save
+    never leaves a half-written checkpoint in place of a good one. Saving over a training run's
+    checkpoint makes it a plain one: its manifest (``checkpoint.json``) no longer describes the files
+    and is removed first.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = config_text(model, class_names, extra, directory)
     tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-    text = json.dumps(config, indent=2) + "\n"  # serialise first: a bad value fails before any file is written
-    # One metadata key only: safetensors writes several in no fixed order, and saves must be byte-identical.
-    save_file(trainable_state(model), str(tmp_weights), metadata={"format": "pt"})
+    write_weights(trainable_state(model), tmp_weights)
     tmp_config.write_text(text)
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
     os.replace(tmp_config, directory / CONFIG_FILE)
     return directory
@@ -127,17 +148,20 @@ def read_config(directory) -> dict:
     return config
 
 
-def load_trainable(model, directory, map_location: str = "cpu") -> None:
-    """Load ``adapter.safetensors`` into the model's trainable parameters and its methods' buffers
-    (``saved_tensors``), refusing any mismatch: a missing, unexpected or wrongly shaped tensor. A
-    checkpoint written before buffers were saved still loads into a model that has none."""
+def read_tensors(directory, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of ``directory/adapter.safetensors``; an unreadable file is a ValueError naming it."""
     path = Path(directory) / WEIGHTS_FILE
     try:
-        tensors = load_file(str(path), device=map_location)
+        return load_file(str(path), device=map_location)
     except FileNotFoundError:
         raise
     except Exception as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def load_tensors(model, tensors: dict[str, torch.Tensor], path) -> None:
+    """Load checkpoint ``tensors`` (read from ``path``) into the model's ``saved_tensors``, refusing any
+    mismatch: a missing, unexpected or wrongly shaped tensor."""
     expected = saved_tensors(model)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
@@ -150,3 +174,10 @@ def load_trainable(model, directory, map_location: str = "cpu") -> None:
             "adaptvid version?"
         )
     model.load_state_dict(tensors, strict=False)
+
+
+def load_trainable(model, directory, map_location: str = "cpu") -> None:
+    """Load ``adapter.safetensors`` into the model's trainable parameters and its methods' buffers
+    (``saved_tensors``), refusing any mismatch: a missing, unexpected or wrongly shaped tensor. A
+    checkpoint written before buffers were saved still loads into a model that has none."""
+    load_tensors(model, read_tensors(directory, map_location), Path(directory) / WEIGHTS_FILE)

@@ -1,6 +1,7 @@
 """Training settings: one dataclass shared by the CLI, the recipes and the Python API."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -32,6 +33,12 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     max_skip_fraction: float = field(default=0.05, metadata={
         "help": "warn at the end when more than this fraction of the training videos was unreadable"})
+    save_every_steps: int = field(default=0, metadata={
+        "help": "also checkpoint every N optimiser steps inside an epoch, so --resume continues from that batch "
+                "(0: at the end of each epoch only)"})
+    max_nan_steps: int = field(default=0, metadata={
+        "help": "steps with a non-finite loss are skipped (no optimiser step); the run stops with an error after "
+                "more than N of them (0: at the first)"})
 
     def __post_init__(self) -> None:
         if self.precision is False:  # `precision: no` in a YAML file reads as the boolean false
@@ -41,6 +48,17 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every_steps", "max_nan_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "backbone_lr"):
+            value = getattr(self, name)
+            if value is None and name == "backbone_lr":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}"
+                                 + (" (to keep the backbone frozen, choose a method that does not train it)"
+                                    if name == "backbone_lr" and value == 0 else ""))
 
     @property
     def resolved_backbone_lr(self) -> float:
