@@ -12,7 +12,7 @@ import adaptvid
 
 PACKAGE = Path(adaptvid.__file__).parent
 FLOORS = {"version": 0, "data": 0, "backbones": 1, "text": 2, "methods": 3, "model": 4, "checkpoints": 5,
-          "tasks": 6, "train": 7, "runner": 8, "cli": 9, "__main__": 9, "": 10}   # "": the package __init__
+          "tasks": 6, "train": 7, "runner": 8, "retrieval": 8, "cli": 9, "__main__": 9, "": 10}   # "": the package __init__
 ALLOWED = {
     # VideoModel.save_pretrained / from_pretrained / push_to_hub: the transformers-style entry points to
     # the checkpoint floor, imported inside the methods when they are called; and assemble_model makes

@@ -7,14 +7,14 @@ import os
 import sys
 from typing import Optional
 
-from .commands import (cmd_adapt, cmd_demo_data, cmd_embed, cmd_eval, cmd_list, cmd_merge, cmd_predict, cmd_profile,
-                       cmd_recipes, cmd_split)
+from .commands import (cmd_adapt, cmd_demo_data, cmd_embed, cmd_eval, cmd_index, cmd_list, cmd_merge, cmd_predict,
+                       cmd_profile, cmd_recipes, cmd_search, cmd_split)
 from .parser import build_parser
 
 
 COMMANDS = {"adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "embed": cmd_embed, "merge": cmd_merge,
             "profile": cmd_profile, "demo-data": cmd_demo_data, "list": cmd_list, "recipes": cmd_recipes,
-            "split": cmd_split}
+            "split": cmd_split, "index": cmd_index, "search": cmd_search}
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -59,15 +59,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ..backbones import BackboneLoadError
     from ..data import VideoReadError
     from ..runner import NoUsefulWorkError, RecipeError
+    from ..checkpoints.unit import CheckpointSaveError
+    from ..train.resume import RunFinishedError
     from ..train.trainer import NoTrainingStepError
 
     try:
         return COMMANDS[args.command](args)
-    except (NoUsefulWorkError, NoTrainingStepError) as error:
+    except (NoUsefulWorkError, NoTrainingStepError, RunFinishedError) as error:
         print(f"adaptvid {args.command}: {error}", file=sys.stderr)
         return 1
     except (BackboneLoadError, RecipeError, FileExistsError, VideoReadError, FileNotFoundError, PermissionError,
-            ValueError) as error:
+            CheckpointSaveError, ValueError) as error:
         print(f"adaptvid {args.command}: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:   # `adaptvid ... | head`: the reader left; stop quietly as other tools do

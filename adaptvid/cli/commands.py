@@ -7,7 +7,7 @@ import json
 import sys
 
 ADAPT_FLAGS = ("backbone", "method", "weights", "output", "frames", "head_dropout", "init_from", "train_list",
-               "val_list", "data_root", "classes", "sampling", "stride", "hflip", "backend", "allow_outside_root")
+               "val_list", "data_root", "classes", "sampling", "stride", "hflip", "backend", "allow_outside_root", "task")
 
 
 def _prefixed(args: argparse.Namespace, prefix: str) -> dict:
@@ -19,11 +19,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     settings = {name: getattr(args, name) for name in ADAPT_FLAGS if getattr(args, name, None) is not None}
     result = adapt(args.recipe, overrides=args.overrides, demo=args.demo, demo_dir=args.demo_dir,
-                   resume=args.resume, overwrite=args.overwrite, cache_features=args.cache_features,
+                   resume=args.resume, overwrite=args.overwrite, extend=args.extend,
+                   allow_other_weights=args.allow_other_weights, cache_features=args.cache_features,
                    dry_run=args.dry_run, train=_prefixed(args, "train__"), options=_prefixed(args, "opt__"),
                    **settings)
     if args.dry_run:
         print(json.dumps(result, indent=2, default=str))
+    elif result.get("t2v"):
+        from ..tasks.retrieval import RetrievalTask
+
+        print(f"validation {RetrievalTask().summary(result)} -> {result['output']}")
     elif result.get("num_videos"):
         print(f"validation top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
               f"mean class {result['mean_class']:.2f}%  ({result['num_videos']} videos) -> {result['output']}")
@@ -41,7 +46,7 @@ def _model(args: argparse.Namespace):
     if not args.zero_shot:
         if not args.checkpoint:
             raise SystemExit(f"{name}: pass --checkpoint DIR (or --zero-shot --backbone NAME --classes FILE)")
-        return as_model(args.checkpoint, args.weights)
+        return as_model(args.checkpoint, args.weights, allow_other_weights=args.allow_other_weights)
     if not args.classes:
         raise SystemExit(f"{name} --zero-shot: pass --classes FILE with the class names to score")
     if bool(args.checkpoint) == bool(args.backbone):
@@ -50,10 +55,14 @@ def _model(args: argparse.Namespace):
     if args.backbone:
         return zero_shot_model(args.backbone, read_class_names(args.classes), templates or DEFAULT_TEMPLATES,
                                num_frames=args.frames, weights=args.weights)
-    return as_model(args.checkpoint, args.weights, args.classes, templates)
+    return as_model(args.checkpoint, args.weights, args.classes, templates, args.allow_other_weights)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task == "retrieval":
+        return _eval_retrieval(args)
+    if not args.data:
+        raise SystemExit("adaptvid eval: pass --data LIST (or --task retrieval --captions FILE)")
     from ..runner import evaluate
 
     from ..runner.inference import is_main_process
@@ -67,6 +76,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  mean class {result['mean_class']:.2f}%  "
               f"({result['num_videos']} videos, {result['skipped']} skipped, views {args.views})")
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    from ..runner.inference import is_main_process
+    from ..runner.retrieval import evaluate_retrieval, zero_shot_retrieval_model
+
+    if not args.captions:
+        raise SystemExit("adaptvid eval --task retrieval: pass --captions FILE")
+    if bool(args.checkpoint) == bool(args.backbone):
+        raise SystemExit("adaptvid eval --task retrieval: pass exactly one of --checkpoint DIR or --backbone NAME")
+    model = args.checkpoint or zero_shot_retrieval_model(args.backbone, args.frames, args.weights)
+    result = evaluate_retrieval(model, args.captions, data_root=args.data_root, batch_size=args.batch_size,
+                                num_workers=args.num_workers, weights=args.weights if args.checkpoint else None,
+                                dsl=args.dsl, qb_norm_bank=args.qb_norm, captions_format=args.captions_format,
+                                allow_other_weights=args.allow_other_weights)
+    if not is_main_process():
+        return 0
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['num_videos']} videos, {result['num_captions']} captions, {result['skipped']} skipped")
+    for name in ("", "dsl", "qb_norm"):
+        part = result if not name else result.get(name)
+        if part:
+            label = f" ({name})" if name else ""
+            for way in ("t2v", "v2t"):
+                m = part[way]
+                print(f"{way}{label}: R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}  "
+                      f"MdR {m['MdR']:g}  MnR {m['MnR']:.1f}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..runner.retrieval import build_index
+
+    if bool(args.checkpoint) == bool(args.backbone):
+        raise SystemExit("adaptvid index: pass exactly one of --checkpoint DIR or --backbone NAME")
+    r = build_index(args.checkpoint, args.videos, args.output, backbone=args.backbone, frames=args.frames,
+                    weights=args.weights, data_root=args.data_root, batch_size=args.batch_size,
+                    num_workers=args.num_workers, overwrite=args.overwrite, allow_other_weights=args.allow_other_weights)
+    print(f"{r['num_videos']} videos -> {r['path']} (+ .json sidecar); {r['skipped']} skipped")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..runner.retrieval import search_index
+
+    results = search_index(args.index, args.query, k=args.top, weights=args.weights)
+    if args.json:
+        print(json.dumps([{"query": q, "results": r} for q, r in zip(args.query, results)], indent=2))
+        return 0
+    for query, ranked in zip(args.query, results):
+        print(query)
+        for rank, item in enumerate(ranked, 1):
+            print(f"  {rank}. {item['score']:.4f}  {item['video']}")
     return 0
 
 
@@ -94,7 +159,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise SystemExit("adaptvid embed: pass exactly one of --checkpoint DIR or --backbone NAME")
     r = embed(args.checkpoint, args.data, args.output, args.views, backbone=args.backbone, frames=args.frames,
               weights=args.weights, data_root=args.data_root, normalize=args.normalize, batch_size=args.batch_size,
-              num_workers=args.num_workers, overwrite=args.overwrite)
+              num_workers=args.num_workers, overwrite=args.overwrite, allow_other_weights=args.allow_other_weights)
     print(f"{r['num_videos']} videos x {r['embed_dim']} -> {r['path']} (+ .json sidecar); {r['skipped']} skipped")
     return 0
 
@@ -102,7 +167,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..runner import merge_checkpoint
 
-    r = merge_checkpoint(args.checkpoint, args.output, weights=args.weights, overwrite=args.overwrite)
+    r = merge_checkpoint(args.checkpoint, args.output, weights=args.weights, overwrite=args.overwrite,
+                         allow_other_weights=args.allow_other_weights)
     print(f"merged {', '.join(r['merged'])}: {r['parameters_before']:,} -> {r['parameters_after']:,} parameters; "
           f"-> {r['output']}")
     return 0

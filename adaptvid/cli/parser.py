@@ -82,7 +82,13 @@ def _add_adapt(sub) -> None:
     p.add_argument("--backend", choices=["decord", "pyav", "torchcodec"], help="video reader (default decord)")
     p.add_argument("--head-dropout", type=float, help="dropout before the linear head")
     p.add_argument("--output", help="checkpoint folder (default runs/<recipe or method>)")
-    p.add_argument("--resume", action="store_true", help="continue the training in --output from its last epoch")
+    p.add_argument("--task", choices=["classification", "retrieval"],
+                   help="classification (list files, default) or retrieval (captions files: video-text contrastive)")
+    p.add_argument("--resume", action="store_true", help="continue the training in --output exactly where it stopped")
+    p.add_argument("--extend", action="store_true", help="with --resume: train to a new --epochs, the cosine schedule "
+                                                         "stretched from the current step")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="resume onto other frozen backbone weights than the checkpoint's (a warning, not an error)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
     p.add_argument("--cache-features", metavar="DIR",
                    help="frozen-backbone methods only: run the backbone once, store its outputs in DIR, "
@@ -97,6 +103,8 @@ def _add_adapt(sub) -> None:
 def _add_model_source(p, zero_shot: bool = True) -> None:
     p.add_argument("--checkpoint", help="folder written by adaptvid adapt / save_pretrained (or a Hub repo id)")
     p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="load the checkpoint onto frozen weights other than those it was trained on (warns)")
     if zero_shot:
         p.add_argument("--backbone", help="with --zero-shot and no --checkpoint: a CLIP backbone name (adaptvid list)")
         p.add_argument("--zero-shot", action="store_true", help="classify by text against the names in --classes")
@@ -112,7 +120,13 @@ def _add_inference(sub) -> None:
                        description="Evaluate a trained checkpoint on its classes; with --zero-shot, score the videos "
                                    "against the class names of --classes instead.")
     _add_model_source(p)
-    p.add_argument("--data", required=True, help="list file ('relative/path label' per line) or class-folder tree")
+    p.add_argument("--task", choices=["classification", "retrieval"], default="classification",
+                   help="classification (--data LIST) or text-video retrieval (--captions FILE)")
+    p.add_argument("--data", help="list file ('relative/path label' per line) or class-folder tree")
+    p.add_argument("--captions", help="retrieval: a captions file (.jsonl / .csv, or --captions-format)")
+    p.add_argument("--captions-format", help="retrieval: didemo, activitynet, lsmdc, webvid, jsonl or csv")
+    p.add_argument("--dsl", action="store_true", help="retrieval: also report dual-softmax re-normalised numbers")
+    p.add_argument("--qb-norm", metavar="BANK", help="retrieval: also report QB-Norm with this captions file as bank")
     p.add_argument("--data-root", help="folder the list paths are relative to")
     p.add_argument("--allow-outside-root", action="store_true", help="accept list paths that climb out of --data-root")
     p.add_argument("--batch-size", type=int, default=4)
@@ -136,10 +150,31 @@ def _add_inference(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p = sub.add_parser("index", help="embed videos into a searchable index (text-video retrieval)")
+    p.add_argument("videos", metavar="VIDEOS_OR_LIST", help="a folder of videos, a class-folder tree or a list file")
+    p.add_argument("--checkpoint", help="a trained retrieval checkpoint (or any CLIP-space checkpoint)")
+    p.add_argument("--backbone", help="instead: a CLIP backbone (frozen, meanP over frames)")
+    p.add_argument("--frames", type=int, default=12, help="frames per video for --backbone (default 12)")
+    p.add_argument("--weights", help="backbone weights (default: the hub's, or those the checkpoint recorded)")
+    p.add_argument("--data-root", help="folder a list file's paths are relative to")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="load the checkpoint onto frozen weights other than those it was trained on (warns)")
+    p.add_argument("--output", required=True, help="index file, ending in .safetensors (+ a .json sidecar)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p = sub.add_parser("search", help="rank an index's videos for a text query")
+    p.add_argument("index", help="an index written by adaptvid index")
+    p.add_argument("query", nargs="+", help="the text(s) to search for")
+    p.add_argument("--top", type=int, default=10, help="videos to show per query (default 10)")
+    p.add_argument("--weights", help="backbone weights to rebuild the model on (default: those recorded)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("merge", help="fold mergeable methods (ZeroI2V, LoRA) into the backbone weights")
     p.add_argument("--checkpoint", required=True, help="a trained checkpoint folder")
     p.add_argument("--output", required=True, help="folder for the merged checkpoint (whole tower included)")
     p.add_argument("--weights", help="backbone weights to rebuild on (default: those recorded)")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="load the checkpoint onto frozen weights other than those it was trained on (warns)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
     p = sub.add_parser("profile", help="parameters, FLOPs and activation memory of a method on a backbone")
     p.add_argument("--backbone", default="clip", help="backbone name (adaptvid list), default clip")

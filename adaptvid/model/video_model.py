@@ -248,8 +248,26 @@ class VideoModel(nn.Module):
         """Video embedding, (B, embed_dim)."""
         return self._video_embedding(video)[0]
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Class logits. With ``from_features`` set, the input is ``backbone_features`` (cached training)."""
+    def video_text_embeddings(self, video: torch.Tensor, input_ids: torch.Tensor,
+                              attention_mask: Optional[torch.Tensor] = None):
+        """``(video_embeddings (B, E), text_embeddings (N, E), frame_embeddings)`` for contrastive training and
+        retrieval; ``frame_embeddings`` is ``(B, T, E)`` when the temporal aggregator is text-conditioned
+        (``aggregator.text_conditioned``, X-Pool: it pools the frames once per text), else None."""
+        text = self.use_text()
+        if getattr(self.aggregator, "text_conditioned", False):
+            features = video if self.from_features else self.backbone_features(video)
+            frames = self.backbone.head(features, self.project)
+            return self.aggregator(frames), text(input_ids, attention_mask), frames
+        embedding = self.readout(video) if self.from_features else self._video_embedding(video)[0]
+        return embedding, text(input_ids, attention_mask), None
+
+    def forward(self, video: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None):
+        """Class logits. With ``from_features`` set, the input is ``backbone_features`` (cached training).
+        With ``input_ids`` (tokenised texts): ``video_text_embeddings`` instead — one forward call, so a
+        DDP-wrapped model synchronises the gradients of both towers in contrastive training."""
+        if input_ids is not None:
+            return self.video_text_embeddings(video, input_ids, attention_mask)
         if self.head is None:
             raise RuntimeError("this model was built without classes (num_classes=None): use encode_video")
         if self.training and self.train_frame_selector is not None:

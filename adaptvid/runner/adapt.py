@@ -22,15 +22,12 @@ from ..data import read_class_names
 from ..model import build_model, count_parameters
 from ..tasks import ClassificationTask
 from ..train import fit
-from ..train.trainer import NoTrainingStepError
+from ..train.resume import seed_everything
+from ..train.trainer import NonFiniteLossError, NoTrainingStepError
 from .data import DEFAULT_DEMO_DIR, check_labels, ensure_demo_data, load_samples, make_dataset
-from .settings import SettingsError, resolve_settings, train_config
+from .settings import NoUsefulWorkError, SettingsError, resolve_settings, train_config
 
 logger = logging.getLogger("adaptvid")
-
-
-class NoUsefulWorkError(RuntimeError):
-    """A run that did nothing useful (no readable training video, no optimiser step)."""
 
 
 def default_output(settings: dict) -> Path:
@@ -39,24 +36,38 @@ def default_output(settings: dict) -> Path:
 
 def adapt(recipe: Optional[str] = None, *, overrides: Union[Mapping[str, Any], Sequence[str], None] = None,
           demo: bool = False, demo_dir: str = DEFAULT_DEMO_DIR, resume: bool = False, overwrite: bool = False,
+          extend: bool = False, allow_other_weights: bool = False,
           cache_features: Optional[str] = None, dry_run: bool = False, **settings: Any) -> dict:
     """Train a video model; returns the final validation metrics (classification: ``top1``, ``top5``,
-    ``mean_class``, ``num_videos``, ``skipped``) plus ``train_skipped``, ``steps`` and ``output``.
+    ``mean_class``, ``num_videos``, ``skipped``) plus ``train_skipped``, ``steps``, ``nonfinite_steps`` and ``output``.
 
     ``recipe``: a recipe name (``adaptvid recipes list``) or .yaml path; ``demo=True``: the demo task
     and recipe. ``settings``: recipe sections or flat names (see ``resolve_settings``), e.g.
     ``backbone``, ``method``, ``train`` (a list path) / ``val``, ``output``, ``epochs``, method options.
     ``dry_run``: resolve and validate everything, build nothing, return ``{"settings": ...}``.
+
+    ``resume``: continue the checkpoint in the output folder exactly (refused, with nothing changed, when it is
+    incomplete or was trained with another backbone, weights, method or schedule); ``extend`` (with ``resume``):
+    continue for a new number of epochs, the cosine schedule stretched from the current step;
+    ``allow_other_weights``: resume onto frozen backbone tensors other than those the
+    checkpoint was trained on, with a warning instead of an error.
     """
     if resume and overwrite:
         raise SettingsError("resume=True continues the run in the output folder and overwrite=True replaces it: "
                             "choose one (--resume or --overwrite)")
+    if extend and not resume:
+        raise SettingsError("extend=True (--extend) continues a run for a new number of epochs: pass it with "
+                            "resume=True (--resume)")
     recipe = recipe or ("demo" if demo else None)
     resolved = resolve_settings(recipe, overrides, **settings)
     data = resolved.setdefault("data", {})
+    retrieval = resolved.get("task", "classification") == "retrieval"
     if demo and not data.get("train") and not dry_run:
         paths = ensure_demo_data(demo_dir)
-        data.update(train=paths["train"], val=paths["val"], classes=paths["classes"], root=None)
+        if retrieval:   # the demo's captions name object, colour and direction
+            data.update(train=paths["captions_train"], val=paths["captions_val"], root=None)
+        else:
+            data.update(train=paths["train"], val=paths["val"], classes=paths["classes"], root=None)
     cfg = train_config(resolved.get("train", {}))
     output = Path(resolved.get("output") or default_output(resolved))
     if dry_run:
@@ -64,6 +75,12 @@ def adapt(recipe: Optional[str] = None, *, overrides: Union[Mapping[str, Any], S
     if not data.get("train"):
         raise SettingsError("no training data: pass train=LIST (CLI: --train LIST) and val=LIST, a recipe with "
                             "data.train, or demo=True (--demo)")
+    if retrieval:
+        from .retrieval import adapt_retrieval
+
+        seed_everything(cfg.seed)
+        return adapt_retrieval(resolved, cfg, output, resume=resume, overwrite=overwrite, extend=extend,
+                               allow_other_weights=allow_other_weights)
 
     class_names = read_class_names(data["classes"]) if data.get("classes") else None
     outside = bool(data.get("allow_outside_root", False))
@@ -77,6 +94,7 @@ def adapt(recipe: Optional[str] = None, *, overrides: Union[Mapping[str, Any], S
         check_labels(val_samples, num_classes, data["val"], classes_from)
 
     model_settings = resolved.get("model", {})
+    seed_everything(cfg.seed)   # before the model is built: the random init of new modules is seeded too
     model = build_model(resolved["backbone"], resolved["method"], num_classes, class_names=class_names,
                         weights=resolved.get("weights"), num_frames=int(model_settings.get("frames", 8)),
                         head_dropout=float(model_settings.get("head_dropout", 0.0)), **resolved.get("options", {}))
@@ -95,7 +113,10 @@ def adapt(recipe: Optional[str] = None, *, overrides: Union[Mapping[str, Any], S
     recorded = {"data": {k: v for k, v in data.items() if k not in ("train", "val")}}
     try:
         result = fit(model, train_set, val_set, cfg, output, class_names=class_names, resume=resume,
-                     overwrite=overwrite, extra_config=recorded, task=ClassificationTask.from_train_config(cfg))
+                     overwrite=overwrite, extra_config=recorded, task=ClassificationTask.from_train_config(cfg),
+                     extend=extend, allow_other_weights=allow_other_weights)
+    except NonFiniteLossError:
+        raise
     except NoTrainingStepError as error:
         root = data.get("root") or Path(data["train"]).parent
         raise NoUsefulWorkError(f"{data['train']} (data root {root}): {error}; see the warnings above for why") from error

@@ -98,9 +98,10 @@ def recorded_data(model) -> dict:
 
 
 def ensure_demo_data(directory) -> dict:
-    """The demo's train/val lists and class names in ``directory``, generated there if missing."""
+    """The demo's train/val lists, class names and captions in ``directory``, generated there if missing."""
     directory = Path(directory)
-    names = {"train": directory / "train.txt", "val": directory / "val.txt", "classes": directory / "classes.txt"}
+    names = {"train": directory / "train.txt", "val": directory / "val.txt", "classes": directory / "classes.txt",
+             "captions_train": directory / "captions_train.jsonl", "captions_val": directory / "captions_val.jsonl"}
     if not all(p.exists() for p in names.values()):
         from ..data.demo import make_demo_data
 

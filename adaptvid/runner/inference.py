@@ -18,7 +18,7 @@ from ..model import VideoModel, build_model, count_parameters, merge, set_classe
 from ..tasks import evaluate as evaluate_classification, view_scores
 from ..text import read_templates
 from ..train import OutputExistsError
-from .adapt import NoUsefulWorkError
+from .settings import NoUsefulWorkError
 from .data import check_labels, eval_loader, load_samples, recorded_data
 from .embed import describe, embed_videos, save_embeddings
 
@@ -26,11 +26,12 @@ ModelLike = Union[VideoModel, str, Path]
 PERCENT_KEYS = ("top1", "top5", "mean_class")
 
 
-def as_model(model: ModelLike, weights: Optional[str] = None, classes=None, templates=None) -> VideoModel:
+def as_model(model: ModelLike, weights: Optional[str] = None, classes=None, templates=None,
+             allow_other_weights: bool = False) -> VideoModel:
     """A VideoModel from a model or a checkpoint folder, re-pointed at ``classes`` when given (a list of
     names or a class-names file; ``templates``: a list or a templates file)."""
     if not isinstance(model, VideoModel):
-        model = load_model(model, weights=weights)
+        model = load_model(model, weights=weights, allow_other_weights=allow_other_weights)
     elif weights is not None:
         raise ValueError("weights= rebuilds a checkpoint on other backbone weights; pass a checkpoint folder, "
                          "not a model")
@@ -58,12 +59,12 @@ def is_main_process() -> bool:
 
 def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[str] = None,
              batch_size: int = 4, num_workers: int = 2, weights: Optional[str] = None, classes=None,
-             templates=None, allow_outside_root: bool = False) -> dict:
+             templates=None, allow_outside_root: bool = False, allow_other_weights: bool = False) -> dict:
     """Top-1 / top-5 / mean-class accuracy (percent, 2 decimals) of ``model`` on ``data`` (a list file or
     a ``<class>/<video>`` tree): ``{"top1", "top5", "mean_class", "num_videos", "skipped", "views"}``,
     the object ``adaptvid eval --json`` prints. Raises if no video could be read, or a label has no class."""
     parse_views(views)
-    model = as_model(model, weights, classes, templates)
+    model = as_model(model, weights, classes, templates, allow_other_weights)
     samples, _ = load_samples(str(data), data_root, model.class_names if Path(data).is_dir() else None,
                               allow_outside_root)
     check_labels(samples, model.num_classes, str(data), "the model" if classes is None else "the class names")
@@ -82,11 +83,11 @@ def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[
 
 @torch.no_grad()
 def predict(model: ModelLike, videos: Sequence[Union[str, Path]], k: int = 5, views: str = "1x1", *,
-            weights: Optional[str] = None, classes=None, templates=None) -> list[dict]:
+            weights: Optional[str] = None, classes=None, templates=None, allow_other_weights: bool = False) -> list[dict]:
     """The ``k`` most likely classes of each video: ``[{"video": path, "top": [{"class", "label", "score"}]}]``
     (scores: softmax probabilities, averaged over views). An unreadable video gets ``{"video", "error"}``."""
     parse_views(views)
-    model = as_model(model, weights, classes, templates).eval()
+    model = as_model(model, weights, classes, templates, allow_other_weights).eval()
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     paths = [str(Path(v).resolve()) for v in videos]
     present = [p for p in paths if Path(p).is_file()]   # a missing file or a folder is named here, not by the reader
@@ -110,7 +111,7 @@ def predict(model: ModelLike, videos: Sequence[Union[str, Path]], k: int = 5, vi
 
 def embed(model: Union[ModelLike, None], data, output, views: str = "1x1", *, backbone: Optional[str] = None,
           frames: int = 8, weights: Optional[str] = None, data_root: Optional[str] = None, normalize: bool = False,
-          batch_size: int = 4, num_workers: int = 2, overwrite: bool = False) -> dict:
+          batch_size: int = 4, num_workers: int = 2, overwrite: bool = False, allow_other_weights: bool = False) -> dict:
     """Video embeddings of ``data``'s videos to ``output`` (.safetensors + a .json sidecar): a checkpoint's
     (or model's) ``encode_video``, or with ``backbone=NAME`` (and ``model=None``) a plain backbone's mean
     frame embedding. Returns ``{"path", "num_videos", "embed_dim", "skipped"}``; raises if none was read."""
@@ -121,7 +122,7 @@ def embed(model: Union[ModelLike, None], data, output, views: str = "1x1", *, ba
     if model is None:
         model = build_model(backbone, "frozen", num_frames=frames, weights=weights)
     else:
-        model = as_model(model, weights)
+        model = as_model(model, weights, allow_other_weights=allow_other_weights)
     samples, _ = load_samples(str(data), data_root)
     loader = eval_loader(model, recorded_data(model), samples, views, batch_size, num_workers)
     result = embed_videos(model, loader, normalize=normalize)
@@ -134,13 +135,14 @@ def embed(model: Union[ModelLike, None], data, output, views: str = "1x1", *, ba
             "skipped": result["skipped"]}
 
 
-def merge_checkpoint(checkpoint, output, *, weights: Optional[str] = None, overwrite: bool = False) -> dict:
+def merge_checkpoint(checkpoint, output, *, weights: Optional[str] = None, overwrite: bool = False,
+                     allow_other_weights: bool = False) -> dict:
     """Fold a checkpoint's mergeable methods (ZeroI2V, LoRA) into its tower and save it to ``output``,
     keeping every setting it recorded (data sampling, training settings). Returns what was merged."""
     output = Path(output)
     if (output / CONFIG_FILE).exists() and not overwrite:
         raise OutputExistsError(f"{output} already holds a checkpoint; pass --overwrite to replace it")
-    model = load_model(checkpoint, weights=weights).eval()
+    model = load_model(checkpoint, weights=weights, allow_other_weights=allow_other_weights).eval()
     before = count_parameters(model)[1]
     merge(model)
     save_adapter(model, output, class_names=model.class_names, extra=model.checkpoint_config.get("extra"))

@@ -17,7 +17,7 @@ import yaml
 SECTIONS = {
     "backbone": str, "method": str, "weights": (str, type(None)),
     "options": dict, "model": dict, "data": dict, "train": dict,
-    "paper": dict, "name": str, "description": str, "command": str, "expected": dict, "output": str,
+    "paper": dict, "name": str, "description": str, "command": str, "expected": dict, "output": str, "task": str,
 }
 REQUIRED = ("backbone", "method")
 

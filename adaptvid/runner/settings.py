@@ -32,18 +32,21 @@ FLAT_SETTINGS = {
     "train_list": "data.train", "val_list": "data.val", "val": "data.val", "data_root": "data.root",
     "classes": "data.classes", "sampling": "data.sampling", "stride": "data.stride", "hflip": "data.hflip",
     "backend": "data.backend", "allow_outside_root": "data.allow_outside_root",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "backbone_lr": "train.backbone_lr",
-    "weight_decay": "train.weight_decay", "warmup_epochs": "train.warmup_epochs", "grad_accum": "train.grad_accum",
-    "clip_grad": "train.clip_grad", "precision": "train.precision", "seed": "train.seed",
-    "num_workers": "train.num_workers", "views": "train.views", "eval_every": "train.eval_every",
-    "label_smoothing": "train.label_smoothing", "progress": "train.progress",
+    "task": "task",
+    # every TrainConfig field by its own name: epochs, lr, seed, save_every_steps, ...
+    **{f.name: f"train.{f.name}" for f in dataclasses.fields(TrainConfig)},
 }
+TASKS = ("classification", "retrieval")
 RECIPE_ONLY = ("paper", "command", "description", "expected")   # documentation, not settings
 DEFAULT_SETTINGS = {"backbone": "clip", "method": "frozen"}
 
 
 class SettingsError(RecipeError):
     """A setting that is unknown or of the wrong type; the message names it and the fix."""
+
+
+class NoUsefulWorkError(RuntimeError):
+    """A run that did nothing useful (no readable video, no optimiser step); the CLI exits 1."""
 
 
 def set_path(settings: dict, path: str, value: Any) -> None:
@@ -117,6 +120,8 @@ def _options_for(method: str, options: dict, recipe_name: str) -> dict:
 
 def check_settings(settings: dict) -> None:
     """Validate names and types before anything is built or written (errors name the setting)."""
+    if settings.get("task", "classification") not in TASKS:
+        raise SettingsError(f"task must be one of {', '.join(TASKS)}, got {settings.get('task')!r}")
     for name in split_method_names(settings.get("method") or "frozen"):
         get_method(name)   # an unknown name raises with the list of methods
     options = settings.get("options") or {}

@@ -7,7 +7,8 @@ A task object answers:
   e.g. Mixup's seeded generator) before the first step;
 - ``loss(model, batch, unwrapped)``: the training loss of one collated batch (``model`` may be
   DDP-wrapped, ``unwrapped`` is the VideoModel);
-- ``batch_size(batch)``: the clips in a batch (for clips/s);
+- ``batch_size(batch)``: the clips in a batch (for clips/s); ``collate(items)``: the data loaders'
+  ``collate_fn`` (the task owns its batch shape);
 - ``evaluate(model, loader, accelerator=None)``: the task's metrics over a loader, gathered across
   processes (a dict with ``num_videos`` and ``skipped``);
 - ``summary(metrics)``: those metrics in one line; ``primary_metric``: the metric to plot.
@@ -30,9 +31,22 @@ class Task(Protocol):
 
     def batch_size(self, batch: dict) -> int: ...
 
+    def collate(self, items: list) -> dict: ...
+
     def evaluate(self, model, loader, accelerator=None) -> dict: ...
 
     def summary(self, metrics: dict) -> str: ...
+
+
+def flatten_metrics(metrics: dict) -> dict:
+    """Nested metrics (``{"t2v": {"R@1": ..}}``) as flat keys (``"t2v_R@1"``) for logs and curves."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}_{k}": v for k, v in flatten_metrics(value).items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def unwrap(model):

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..data import collate_videos
 from .base import gather_unique, model_device, reduce_sum, unwrap
 from .mixing import Mixer, soft_cross_entropy
 
@@ -130,6 +131,11 @@ class ClassificationTask:
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["label"])
+
+    @staticmethod
+    def collate(items):
+        """Clips and labels into a batch (``adaptvid.data.collate_videos``)."""
+        return collate_videos(items)
 
     def evaluate(self, model, loader, accelerator=None) -> dict:
         return evaluate(model, loader, accelerator)
