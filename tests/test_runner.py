@@ -210,3 +210,18 @@ def test_help_groups_method_options_and_documents_train_options(capsys):
     assert "OPT_" not in text and "--epochs EPOCHS" in text and "training epochs (default 10)" in text
     scale = text[text.index("--scale SCALE"):].split("\n  --")[0]
     assert scale.count(":") >= 2   # every method's meaning of a shared name
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """Before: a read-only output folder failed only at the first save, after a whole epoch. (Tests run as
+    root, for whom permissions do not apply: the check's view of the folder is patched.)"""
+    import os
+
+    from adaptvid.runner import settings
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(settings.os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
+    with pytest.raises(SettingsError, match=r"locked is not writable"):
+        resolve_settings(backbone="tiny-clip", method="frozen", output=str(locked / "run"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -153,11 +154,14 @@ def check_output_path(output: Path) -> None:
     after an epoch)."""
     if output.exists() and not output.is_dir():
         raise SettingsError(f"output {output} is a file, not a folder: choose another --output")
-    for parent in output.parents:
+    for parent in (output, *output.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise SettingsError(f"output {output}: {parent} is a file, so no folder can be made under it; "
                                     "choose another --output")
+            if not os.access(parent, os.W_OK | os.X_OK):   # found now, not at the first save after an epoch
+                raise SettingsError(f"output {output}: {parent} is not writable; choose another --output or fix "
+                                    "its permissions")
             break
 
 
