@@ -107,3 +107,12 @@ def test_index_and_search_round_trip(trained, demo, tmp_path, capsys):
     scores = [item["score"] for item in results[0]["results"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
     assert main(["index", str(demo / "val.txt"), "--checkpoint", str(trained), "--output", str(index_file)]) == 2
+
+
+def test_a_retrieval_checkpoint_classifies_zero_shot(trained, demo, capsys):
+    """Post-pretraining serves classification too: the contrastively trained model scores class names."""
+    capsys.readouterr()
+    assert main(["eval", "--zero-shot", "--checkpoint", str(trained), "--classes", str(demo / "classes.txt"),
+                 "--data", str(demo / "val.txt"), "--num-workers", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_videos"] == 12 and 0 <= result["top1"] <= 100
