@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-DEFAULT_DEMO_DIR = "adaptvid_demo/data"
+DEFAULT_DEMO_DIR = "adaptvid_demo/data"   # = adaptvid.runner.data.DEFAULT_DEMO_DIR (this module imports no torch)
 
 
 def _bool(text: str) -> bool:

@@ -26,7 +26,7 @@ Per block (x: the residual stream; xn = norm1(x); LN2 = norm2):
 * temporal path, adapters *serial* to them (before and after MHSA, after the MLP):
   ``x = x + A_t2(MHSA(A_t1(xn)))``, then ``x = x + A_t3(MLP(LN2 x))``.
 
-Adapter = Linear(D, 0.25 D) -> GELU -> Dropout(0.1) -> Linear(0.25 D, D); the down-projection
+Bottleneck = Linear(D, 0.25 D) -> GELU -> Dropout(0.1) -> Linear(0.25 D, D); the down-projection
 keeps PyTorch's default Linear init, both biases and the up-projection's weight start at 0. A
 parallel adapter adds its output; a serial adapter keeps a skip, ``h + adapter(h)``, so with the
 zero up-projection both paths start exactly as the frozen image model. (The released code gives
@@ -155,7 +155,7 @@ class DualPathAttention(nn.Module):
     before the attention); any other tag: ``MHSA(xn)``.
     """
 
-    def __init__(self, view: BlockView, spatial: Adapter, temporal_in: Adapter) -> None:
+    def __init__(self, view: BlockView, spatial: Bottleneck, temporal_in: Bottleneck) -> None:
         super().__init__()
         self.view = view   # a plain dataclass: the frozen attention stays the tower's
         self.spatial = spatial
@@ -172,7 +172,7 @@ class DualPathAttention(nn.Module):
 class SerialAdapter(nn.Module):
     """``attn_branch`` / ``mlp_out``: the branch through the adapter on its path, untouched on the other."""
 
-    def __init__(self, path: str, adapter: Adapter) -> None:
+    def __init__(self, path: str, adapter: Bottleneck) -> None:
         super().__init__()
         self.path = path
         self.adapter = adapter
@@ -187,7 +187,7 @@ class SerialAdapter(nn.Module):
 class ParallelAdapter(nn.Module):
     """``mlp_parallel``: the adapter's output on norm2(x), added to the MLP's, on its path; 0 elsewhere."""
 
-    def __init__(self, path: str, adapter: Adapter) -> None:
+    def __init__(self, path: str, adapter: Bottleneck) -> None:
         super().__init__()
         self.path = path
         self.adapter = adapter
@@ -298,7 +298,7 @@ def apply_dualpath(model, config: DualPathConfig) -> None:
         raise ValueError(f"dualpath: clips of {frames} frames need a multiple of grid*grid={per_set} frames and at "
                          f"least spatial_frames={config.spatial_frames}; e.g. num_frames={smallest}")
 
-    def adapter(skip: bool) -> Adapter:
+    def adapter(skip: bool) -> Bottleneck:
         # Linear -> GELU -> dropout -> Linear, PyTorch's default init of the down-projection, zero up-projection
         return Bottleneck(width, bottleneck_width(width, config.ratio, "dualpath"), dropout=config.dropout, skip=skip,
                           down_init="default")

@@ -38,7 +38,6 @@ from functools import partial
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..text import TextClassifier, check_templates

@@ -8,11 +8,11 @@
 Settings are resolved by :func:`adaptvid.runner.settings.resolve_settings` (recipe, then keyword
 settings, then overrides); the run builds the model, the datasets (live or from cached backbone
 features), applies ``model.init_from``, trains with :func:`adaptvid.train.fit` for the
-classification task, and returns the final metrics.
+classification task (``task: retrieval``: ``adaptvid.runner.retrieval.adapt_retrieval`` on captions
+files instead), and returns the final metrics.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -137,7 +137,3 @@ def cached_datasets(model, train_set, val_set, cache_dir: str, cfg):
     model.from_features = True
     logger.info("training from cached backbone features in %s (%d training clips)", cache_dir, len(train_set))
     return train_set, val_set
-
-
-def describe_settings(settings: dict) -> str:
-    return json.dumps(settings, indent=2, default=str)
