@@ -24,9 +24,13 @@ _EXPORTS = {
     "resolve_settings": "runner",
 }
 __all__ = ["__version__", *_EXPORTS]
+_SUBPACKAGES = {"backbones", "checkpoints", "cli", "data", "methods", "model", "retrieval", "runner", "tasks", "text",
+                "train"}
 
 
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:   # `import adaptvid; adaptvid.data.open_video(...)` as before the lazy exports
+        return importlib.import_module(f".{name}", __name__)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value   # once imported, an ordinary attribute

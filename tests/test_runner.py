@@ -191,6 +191,9 @@ def test_python_m_adaptvid_and_version_without_torch():
     assert done.stdout.split() == ["adaptvid", adaptvid.__version__, "False"]
     done = subprocess.run([sys.executable, "-m", "adaptvid", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"adaptvid {adaptvid.__version__}"
+    # the lazy top level still reaches every subpackage and public name after a bare `import adaptvid`
+    code = "import adaptvid; adaptvid.data.open_video; adaptvid.train.fit; adaptvid.retrieval.Index; adaptvid.build_model"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
 
 def test_demo_data_into_a_closed_pipe_ends_quietly(tmp_path):
