@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .datasets import SeededEpochs
 from .lists import _read_lines
 from .readers import VideoReadError, open_video
 from .sampling import segment_indices
@@ -628,7 +629,7 @@ CAPTION_FORMATS: dict[str, Callable[[Path, object], list[CaptionedVideo]]] = {
 
 # --------------------------------------------------------------------------- dataset
 
-class CaptionDataset(Dataset):
+class CaptionDataset(SeededEpochs, Dataset):
     """Captioned videos -> clips and captions, or ``{"unreadable": index}``.
 
     Frames: ``num_frames`` indices segment-style (TSN) over the whole video, or over
@@ -658,25 +659,12 @@ class CaptionDataset(Dataset):
         self.num_frames = int(num_frames)
         self.train = bool(train)
         self.backend = backend
-        self.seed = int(seed)
+        self._init_epochs(seed)
         self.transform = transform if transform is not None else VideoTransform(
             size, CLIP_MEAN, CLIP_STD, train=train)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.videos)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the epoch whose random captions, frames and crops training items use."""
-        self._epoch.fill_(int(epoch))
-
-    def item_rng(self, index: int) -> np.random.Generator:
-        """The Generator behind item `index` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def frame_window(self, video: CaptionedVideo, num_total: int, fps: float) -> tuple[int, int]:
         """The frames ``[first, stop)`` of a video of ``num_total`` frames the captions describe.

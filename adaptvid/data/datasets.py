@@ -20,7 +20,29 @@ __all__ = ["VideoSample", "read_list_file", "read_class_names", "folder_dataset"
 logger = logging.getLogger("adaptvid.data")
 
 
-class VideoDataset(Dataset):
+class SeededEpochs:
+    """Per-item randomness that does not depend on the worker: ``item_rng(index)`` is a numpy Generator
+    seeded by (seed, epoch, index). The epoch lives in shared memory, so ``set_epoch`` reaches
+    DataLoader workers that already exist. Call ``_init_epochs(seed)`` in ``__init__``."""
+
+    def _init_epochs(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch whose random choices (clips, crops, captions) training items use."""
+        self._epoch.fill_(int(epoch))
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        """The Generator behind item `index` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+class VideoDataset(SeededEpochs, Dataset):
     """Videos -> {"video": tensor, "label": int, "index": int}, or None if unreadable.
 
     `video` is float32 (C, T, H, W) for views=(1, 1) and (V, C, T, H, W)
@@ -55,14 +77,12 @@ class VideoDataset(Dataset):
         self.stride = int(stride)
         self.train = bool(train)
         self.backend = backend
-        self.seed = int(seed)
+        self._init_epochs(seed)
         self.transform = transform if transform is not None else VideoTransform(
             size, CLIP_MEAN, CLIP_STD, train=train)
         if self.views[1] > 1 and not hasattr(self.transform, "multi_crop"):
             raise ValueError("crops > 1 need a transform with a multi_crop(frames, "
                              "num_crops) method, such as VideoTransform")
-        # Shared memory, so set_epoch reaches DataLoader workers that already exist.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -70,18 +90,6 @@ class VideoDataset(Dataset):
     @property
     def labels(self) -> list[int]:
         return [sample.label for sample in self.samples]
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the epoch whose random clips and crops training items use."""
-        self._epoch.fill_(int(epoch))
-
-    def item_rng(self, index: int) -> np.random.Generator:
-        """The Generator behind item `index` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def _indices(self, num_total: int, rng, clip_index: int, num_clips: int) -> list[int]:
         if self.sampling == "dense":
