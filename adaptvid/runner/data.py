@@ -61,18 +61,19 @@ def check_labels(samples: Sequence[VideoSample], num_classes: int, source: str, 
                          f"classes of {classes_from} ({len(bad)} such videos); labels are 0..{num_classes - 1}")
 
 
-def _transform(model, data: dict, train: bool) -> VideoTransform:
+def make_transform(model, data: dict, train: bool, default_scale=(0.25, 1.0)) -> VideoTransform:
+    """The clip transform for ``model``: its weights' size, mean, std and interpolation (bicubic for CLIP),
+    and the run's data settings (training crops and augmentation; the test-time short side)."""
     pp = model.backbone.preprocess
-    interpolation = {"interpolation": pp.interpolation}   # the weights' own (bicubic for CLIP)
     if not train:
-        return VideoTransform(pp.image_size, pp.mean, pp.std, train=False,
-                              short_side=data.get("short_side") or pp.image_size, **interpolation)
+        return VideoTransform(pp.image_size, pp.mean, pp.std, train=False, interpolation=pp.interpolation,
+                              short_side=data.get("short_side") or pp.image_size)
     return VideoTransform(pp.image_size, pp.mean, pp.std, train=True, hflip=bool(data.get("hflip", False)),
-                          scale=tuple(data.get("scale", (0.25, 1.0))), randaugment=data.get("randaugment"),
+                          scale=tuple(data.get("scale", default_scale)), randaugment=data.get("randaugment"),
                           random_erasing=float(data.get("random_erasing") or 0.0),
                           color_jitter=float(data.get("color_jitter") or 0.0),
                           color_jitter_prob=float(data.get("color_jitter_prob", 0.8)),
-                          grayscale=float(data.get("grayscale") or 0.0), **interpolation)
+                          grayscale=float(data.get("grayscale") or 0.0), interpolation=pp.interpolation)
 
 
 def make_dataset(model, data: dict, samples, train: bool, views: str = "1x1", seed: int = 0) -> VideoDataset:
@@ -81,8 +82,8 @@ def make_dataset(model, data: dict, samples, train: bool, views: str = "1x1", se
     common = dict(num_frames=model.num_frames, sampling=data.get("sampling", "segment"),
                   stride=int(data.get("stride", 4)), backend=data.get("backend"), seed=seed)
     if train:
-        return VideoDataset(samples, transform=_transform(model, data, True), train=True, **common)
-    return VideoDataset(samples, transform=_transform(model, data, False), train=False, views=views, **common)
+        return VideoDataset(samples, transform=make_transform(model, data, True), train=True, **common)
+    return VideoDataset(samples, transform=make_transform(model, data, False), train=False, views=views, **common)
 
 
 def eval_loader(model, data: dict, samples, views: str = "1x1", batch_size: int = 4,

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..train import OutputExistsError
+
 
 @torch.no_grad()
 def embed_videos(model, loader, normalize: bool = False) -> dict:
@@ -45,23 +47,29 @@ def embed_videos(model, loader, normalize: bool = False) -> dict:
     return result
 
 
-def save_embeddings(result: dict, output, paths: list[str], description: dict, overwrite: bool = False) -> Path:
-    """``output`` (.safetensors) and its ``.json`` sidecar; an existing file is kept unless ``overwrite``."""
+def write_with_sidecar(tensors: dict, info: dict, output, overwrite: bool = False, what: str = "embeddings file") -> Path:
+    """``output`` (.safetensors: ``tensors``) and its ``.json`` sidecar (``info``); an existing file is kept
+    unless ``overwrite``; the tensors are written to a temporary name and renamed last."""
     output = Path(output)
     if output.suffix != ".safetensors":
-        raise ValueError(f"{output}: the embeddings file must end in .safetensors")
+        raise ValueError(f"{output}: the {what} must end in .safetensors")
     sidecar = output.with_suffix(".json")
     if not overwrite and (output.exists() or sidecar.exists()):
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{output} already exists; pass --overwrite to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: result[key].contiguous() for key in ("embeddings", "labels", "indices")}
-    info = {**description, "videos": [paths[int(i)] for i in result["indices"]], "skipped": result["skipped"],
-            "shape": list(result["embeddings"].shape)}
     tmp = output.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    save_file({key: t.contiguous() for key, t in tensors.items()}, str(tmp), metadata={"format": "pt"})
     sidecar.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, output)
     return output
+
+
+def save_embeddings(result: dict, output, paths: list[str], description: dict, overwrite: bool = False) -> Path:
+    """``output`` (.safetensors) and its ``.json`` sidecar; an existing file is kept unless ``overwrite``."""
+    info = {**description, "videos": [paths[int(i)] for i in result["indices"]], "skipped": result["skipped"],
+            "shape": list(result["embeddings"].shape)}
+    return write_with_sidecar({key: result[key] for key in ("embeddings", "labels", "indices")}, info, output,
+                              overwrite)
 
 
 def describe(model, views: str, normalize: bool, checkpoint: Optional[str] = None) -> dict:

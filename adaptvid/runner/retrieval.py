@@ -4,41 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from ..checkpoints import load_model
-from ..data import CaptionDataset, VideoSample, VideoTransform, collate_captions, read_captions
+from ..data import CaptionDataset, VideoSample, collate_captions, read_captions
 from ..model import VideoModel, build_model
 from ..tasks.retrieval import RetrievalTask
-from ..train import OutputExistsError, fit
-from .data import eval_loader, load_samples
-from .embed import embed_videos
+from ..train import fit
+from .data import eval_loader, load_samples, make_transform
+from .embed import embed_videos, write_with_sidecar
 from .settings import NoUsefulWorkError
 
 logger = logging.getLogger("adaptvid")
 DEFAULT_RETRIEVAL_FRAMES = 12   # CLIP4Clip samples 12 frames uniformly over the video
 
 
-def _transform(model, data: dict, train: bool) -> VideoTransform:
-    pp = model.backbone.preprocess
-    if train:
-        return VideoTransform(pp.image_size, pp.mean, pp.std, train=True, scale=tuple(data.get("scale", (0.5, 1.0))),
-                              hflip=bool(data.get("hflip", False)), interpolation=pp.interpolation)
-    return VideoTransform(pp.image_size, pp.mean, pp.std, train=False, interpolation=pp.interpolation,
-                          short_side=data.get("short_side") or pp.image_size)
-
-
 def caption_dataset(model, data: dict, path: str, train: bool, seed: int = 0) -> CaptionDataset:
     """A captions file (any format ``read_captions`` knows) as a dataset sized for ``model``."""
     videos = read_captions(path, data.get("root"), data.get("captions_format"))
-    return CaptionDataset(videos, num_frames=model.num_frames, transform=_transform(model, data, train), train=train,
+    return CaptionDataset(videos, num_frames=model.num_frames, transform=make_transform(model, data, train, default_scale=(0.5, 1.0)),
+                          train=train,
                           backend=data.get("backend"), seed=seed)
 
 
@@ -141,18 +132,8 @@ class Index:
         return self.search_embeddings(encode_texts(model, texts), k)
 
     def save(self, path, overwrite: bool = False) -> Path:
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: an index file ends in .safetensors")
-        sidecar = path.with_suffix(".json")
-        if not overwrite and (path.exists() or sidecar.exists()):
-            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".safetensors.tmp")
-        save_file({"embeddings": self.embeddings.contiguous()}, str(tmp), metadata={"format": "pt"})
-        sidecar.write_text(json.dumps({**self.info, "videos": self.paths}, indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_with_sidecar({"embeddings": self.embeddings}, {**self.info, "videos": self.paths}, path,
+                                  overwrite, what="index file")
 
     @classmethod
     def load(cls, path) -> "Index":
