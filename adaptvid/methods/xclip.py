@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..text import TextClassifier, check_templates
+from ..text import TextClassifier, check_templates, encode_class_prompts
 from ._xclip_modules import MessageToken, MultiFrameIntegration, VideoSpecificPrompt, scaled_cosine_per_video
 from .registry import register_method
 
@@ -115,9 +115,7 @@ class XClipClassifier(TextClassifier):
         if not self.class_names:
             raise ValueError("this X-CLIP model has no class names: score texts with model.text_logits(video, texts) "
                              "or give it classes with adaptvid.set_classes(model, names)")
-        sentences = [template.format(name) for name in self.class_names for template in self.templates]
-        ids, mask = self.text.tokenize(sentences)
-        return self.text(ids, mask).reshape(len(self.class_names), len(self.templates), -1).mean(dim=1)
+        return encode_class_prompts(self.text, self.class_names, self.templates, normalize=False)
 
     def logits(self, video: torch.Tensor, texts: torch.Tensor, aux=None) -> torch.Tensor:
         if aux is None:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..text import TextClassifier, check_templates
+from ..text import TextClassifier, check_templates, encode_class_prompts
 from ._text_heads import check_no_text_classifier
 from .registry import register_method
 
@@ -226,9 +226,7 @@ class XPoolClassifier(TextClassifier):
         if not self.class_names:
             raise ValueError("this x-pool model has no class names: score texts with model.text_logits(video, texts) "
                              "or give it classes with adaptvid.set_classes(model, names)")
-        sentences = [template.format(name) for name in self.class_names for template in self.templates]
-        ids, mask = self.text.tokenize(sentences)
-        return self.text(ids, mask).reshape(len(self.class_names), len(self.templates), -1).mean(dim=1)
+        return encode_class_prompts(self.text, self.class_names, self.templates, normalize=False)
 
     def logits(self, video: torch.Tensor, texts: torch.Tensor, aux=None) -> torch.Tensor:
         if aux is None:

@@ -24,14 +24,19 @@ def scaled_cosine(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Te
     return logit_scale.exp() * F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t()
 
 
-def encode_class_prompts(text, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """Mean over templates of the normalised embeddings of each class, renormalised: (C, E)."""
+def encode_class_prompts(text, class_names: Sequence[str], templates: Sequence[str],
+                         normalize: bool = True) -> torch.Tensor:
+    """Mean over templates of the normalised embeddings of each class, renormalised: (C, E). With
+    ``normalize=False``, the plain mean of the raw embeddings (X-CLIP's and X-Pool's heads use those)."""
     sentences = [template.format(name) for name in class_names for template in templates]
     parts = []
     for start in range(0, len(sentences), ENCODE_CHUNK):
         ids, mask = text.tokenize(sentences[start:start + ENCODE_CHUNK])
         parts.append(text(ids, mask))
-    embeddings = F.normalize(torch.cat(parts), dim=-1).reshape(len(class_names), len(templates), -1)
+    embeddings = torch.cat(parts)
+    if not normalize:
+        return embeddings.reshape(len(class_names), len(templates), -1).mean(dim=1)
+    embeddings = F.normalize(embeddings, dim=-1).reshape(len(class_names), len(templates), -1)
     return F.normalize(embeddings.mean(dim=1), dim=-1)
 
 
