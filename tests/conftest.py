@@ -18,6 +18,16 @@ logging.getLogger().addFilter(lambda record: "No pretrained weights loaded" not 
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small demo set (3 training and 2 validation videos per class, 16 frames), made once per module."""
+    from adaptvid.data.demo import make_demo_data
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

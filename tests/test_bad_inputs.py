@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from adaptvid.cli import main
 from adaptvid.data import open_video
-from adaptvid.data.demo import demo_class_names, make_clip, make_demo_data, write_video
+from adaptvid.data.demo import demo_class_names, make_clip, write_video
 
 # The training flags of every adapt below: tiny and quick (one epoch, one process, no progress bar).
 FAST = ["--epochs", "1", "--bottleneck", "8", "--frames", "4", "--batch-size", "4", "--num-workers", "0",
@@ -41,13 +41,6 @@ SKIP = "skipping unreadable video"   # the warning of a skipped video (it names 
 
 
 # -- shared data: the demo videos and one trained checkpoint ---------------------------------------
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
-    return root
-
 
 @pytest.fixture(scope="module")
 def checkpoint(demo, tmp_path_factory):

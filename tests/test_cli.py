@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from adaptvid.cli import main
-from adaptvid.data.demo import make_demo_data
 
 FAST = ["--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--bottleneck", "16"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
-    return root
 
 
 def _adapt(demo, out, *extra):

@@ -7,17 +7,9 @@ import torch
 from adaptvid import build_model
 from adaptvid.cli import main
 from adaptvid.data import VideoDataset, VideoTransform, read_list_file
-from adaptvid.data.demo import make_demo_data
 from adaptvid.train.feature_cache import cached_dataset
 
 FAST = ["--epochs", "2", "--batch-size", "4", "--num-workers", "0", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
-    return root
 
 
 def _val_set(model, demo):

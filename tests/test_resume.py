@@ -17,7 +17,6 @@ from adaptvid.checkpoints.fingerprint import FingerprintMismatchError, frozen_fi
 from adaptvid.checkpoints.unit import (MANIFEST_FILE, PREVIOUS_DIR, STATE_FILE, CheckpointSaveError,
                                        IncompleteCheckpointError, locate, recover, write_unit)
 from adaptvid.cli import main
-from adaptvid.data.demo import make_demo_data
 from adaptvid.tasks import ClassificationTask
 from adaptvid.train import TrainConfig
 from adaptvid.train.metrics import truncate_metrics
@@ -32,13 +31,6 @@ STEPS_PER_EPOCH = 5
 
 class Killed(BaseException):
     """A simulated kill: not an Exception, so nothing on the way catches it."""
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
-    return root
 
 
 def run(demo, out, val=False, **settings):

@@ -7,18 +7,10 @@ import torch
 
 import adaptvid
 from adaptvid.cli import main
-from adaptvid.data.demo import make_demo_data
 from adaptvid.retrieval import Index, RetrievalTask, evaluate_retrieval
 
 FAST = ["--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--frames", "4"]
 METRICS = {"R@1", "R@5", "R@10", "MdR", "MnR"}
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,11 @@ import torch
 
 import adaptvid
 from adaptvid.cli import main
-from adaptvid.data.demo import make_demo_data
 from adaptvid.runner.data import load_samples, make_dataset
 from adaptvid.runner.settings import SettingsError, resolve_settings
 
 TINY = dict(backbone="tiny-clip", method="st-adapter", epochs=1, batch_size=4, num_workers=0, progress=False,
             bottleneck=16)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data(root, videos_per_class_train=3, videos_per_class_val=2, num_frames=16)
-    return root
 
 
 @pytest.fixture(scope="module")
