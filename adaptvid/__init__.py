@@ -20,6 +20,7 @@ _EXPORTS = {
     "set_classes": "model", "zero_shot_model": "model",
     "init_from": "checkpoints", "load_model": "checkpoints", "load_xclip": "checkpoints",
     "export_peft_adapter": "checkpoints", "load_peft_adapter": "checkpoints",
+    "import_checkpoint": "checkpoints.importers", "CheckpointImportError": "checkpoints.importers",
     "adapt": "runner", "embed": "runner", "evaluate": "runner", "merge_checkpoint": "runner", "predict": "runner",
     "resolve_settings": "runner",
 }

@@ -381,3 +381,12 @@ def test_tiny_open_clip_builds_log_no_random_init_warning(caplog):
     finally:
         for f in filters:
             root.addFilter(f)
+
+
+def test_openai_clip_is_built_with_quick_gelu_as_its_weights_were_trained():
+    # open_clip 3 only warns when the architecture's GELU differs from the tag's QuickGELU
+    import open_clip
+
+    backbone = create_backbone("clip-b32", weights="random")
+    activations = {type(block.mlp.gelu) for block in backbone.tower.transformer.resblocks}
+    assert activations == {open_clip.transformer.QuickGELU}

@@ -88,6 +88,14 @@ def _open_clip_logging(random_init: bool = False):
             root.removeHandler(added)
 
 
+def _tag_uses_quick_gelu(arch: str, tag: Optional[str]) -> bool:
+    """Weights trained with QuickGELU (OpenAI's CLIP) need it: open_clip 3 only warns about the mismatch
+    and builds the architecture's GELU, which computes other features from the same weights."""
+    import open_clip
+
+    return bool(tag) and bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+
+
 def _open_clip(name: str, arch: str, tag: Optional[str], weights: Optional[str], seeded: bool = False) -> Backbone:
     import open_clip
 
@@ -105,7 +113,8 @@ def _open_clip(name: str, arch: str, tag: Optional[str], weights: Optional[str],
         _prepare_hub()
     try:
         with _seeded(TINY_SEED) if seeded else contextlib.nullcontext(), _open_clip_logging(pretrained is None):
-            model = open_clip.create_model(arch, pretrained=pretrained, require_pretrained=pretrained is not None)
+            model = open_clip.create_model(arch, pretrained=pretrained, require_pretrained=pretrained is not None,
+                                           force_quick_gelu=_tag_uses_quick_gelu(arch, tag))
     except BackboneLoadError:
         raise
     except Exception as error:  # hub, file format, config errors
@@ -360,6 +369,14 @@ TINY_VIT_KWARGS = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_he
 @_register("tiny-vit", "tiny timm ViT (width 64, 2 layers, patch 16, 64 px) for tests")
 def _tiny_vit(name: str, weights: Optional[str]) -> Backbone:
     return _timm(name, "vit_tiny_patch16_224", weights, seeded=True, **TINY_VIT_KWARGS)
+
+
+@_register("open_clip-dir:", "an open_clip CLIP from a folder (open_clip_config.json + open_clip_model.safetensors), "
+          "as adaptvid import writes for a released checkpoint's tower", prefix=True)
+def _open_clip_dir(name: str, weights: Optional[str]) -> Backbone:
+    from .open_clip_folder import open_clip_folder
+
+    return open_clip_folder(name, weights)
 
 
 # -- public -----------------------------------------------------------------------
