@@ -10,11 +10,14 @@ from typing import Optional
 from .commands import (cmd_adapt, cmd_demo_data, cmd_embed, cmd_eval, cmd_index, cmd_list, cmd_merge, cmd_predict,
                        cmd_profile, cmd_recipes, cmd_search, cmd_split)
 from .parser import build_parser
+from .import_command import cmd_import
+from .prepare import cmd_prepare
 
 
 COMMANDS = {"adapt": cmd_adapt, "eval": cmd_eval, "predict": cmd_predict, "embed": cmd_embed, "merge": cmd_merge,
             "profile": cmd_profile, "demo-data": cmd_demo_data, "list": cmd_list, "recipes": cmd_recipes,
-            "split": cmd_split, "index": cmd_index, "search": cmd_search}
+            "split": cmd_split, "index": cmd_index, "search": cmd_search,
+            "prepare": cmd_prepare, "import": cmd_import}
 
 
 class _StderrHandler(logging.StreamHandler):

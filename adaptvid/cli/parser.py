@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from .import_command import add_import_parser
+from .prepare import add_prepare_parser
+
 DEFAULT_DEMO_DIR = "adaptvid_demo/data"   # = adaptvid.runner.data.DEFAULT_DEMO_DIR (this module imports no torch)
 
 
@@ -30,8 +33,11 @@ def _add_train_options(p) -> None:
             group.add_argument("--no-progress", dest="train__progress", action="store_false", default=None,
                                help="no progress bar")
             continue
+        # a bool field works as a bare switch (--grad-checkpoint) and with a value (--shuffle false)
+        switch = {"nargs": "?", "const": True} if isinstance(f.default, bool) else {}
         group.add_argument("--" + f.name.replace("_", "-"), dest="train__" + f.name, type=_field_type(f.default),
-                           metavar=f.name.upper(), help=f"{f.metadata.get('help', '')} (default {f.default!r})")
+                           metavar=f.name.upper(), help=f"{f.metadata.get('help', '')} (default {f.default!r})",
+                           **switch)
 
 
 def _add_method_options(p) -> None:
@@ -228,4 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt(sub)
     _add_inference(sub)
     _add_small(sub)
+    add_prepare_parser(sub)
+    add_import_parser(sub)
     return parser

@@ -99,7 +99,39 @@ def _outside_root(relative: str) -> bool:
     return normal == os.pardir or normal.startswith(os.pardir + os.sep)
 
 
-def read_list_file(path, data_root=None, allow_outside_root: bool = False) -> list[VideoSample]:
+def check_list_labels(samples, num_classes: int, list_path, classes_from=None) -> None:
+    """Refuse the two silent misreads of official split files as adaptvid lists, warn on a suspicious one.
+
+    * labels that never use 0 but reach ``num_classes`` are 1-based (UCF101's ``trainlist01.txt``);
+    * labels within {0, 1, 2} (1 and 2 present) against a class file of 20 or more classes, in a list with
+      at least as many videos as classes, are HMDB51 split flags (``*_test_split1.txt``: 1 train, 2 test).
+
+    Both raise a ValueError naming the list and the fix (``adaptvid prepare ucf101`` / ``hmdb51``). A list
+    of twice as many videos as classes whose labels cover under 20 % of the classes logs a warning with
+    the counts. Legitimate lists (demo, few-shot, base/novel halves) never meet the two refusals: their
+    labels are below ``num_classes`` and they use class 0 or many classes.
+    """
+    labels = {s.label for s in samples}
+    if not labels or num_classes < 1:
+        return
+    source = f" (classes: {classes_from})" if classes_from else ""
+    if min(labels) >= 1 and max(labels) == num_classes:
+        raise ValueError(
+            f"{list_path}: labels run 1..{num_classes} and never use 0, for {num_classes} classes{source}: "
+            f"this list is 1-based (as UCF101's trainlist01.txt is); adaptvid labels are 0-based. Convert "
+            f"the official files with `adaptvid prepare ucf101`, or subtract 1 from every label")
+    if labels <= {0, 1, 2} and {1, 2} <= labels and num_classes >= 20 and len(samples) >= num_classes:
+        raise ValueError(
+            f"{list_path}: every label is {sorted(labels)} but there are {num_classes} classes{source}: this "
+            f"looks like an HMDB51 split file, whose numbers are split flags (1 train, 2 test, 0 unused), "
+            f"not classes. Convert the official files with `adaptvid prepare hmdb51`")
+    if len(labels) < 0.2 * num_classes and len(samples) >= 2 * num_classes:
+        logger.warning("%s: its %d videos use only %d of the %d classes%s; check that the list and the "
+                       "class file belong together", list_path, len(samples), len(labels), num_classes, source)
+
+
+def read_list_file(path, data_root=None, allow_outside_root: bool = False, num_classes: int | None = None,
+                   classes_from=None) -> list[VideoSample]:
     """Read a Kinetics/mmaction-style list: one ``relative/path label`` per line.
 
     Fields are separated by whitespace or by a comma (then paths may contain
@@ -114,7 +146,8 @@ def read_list_file(path, data_root=None, allow_outside_root: bool = False) -> li
     Raises ValueError naming ``file:line`` for a malformed line (including a
     label that is not an integer), a path outside the root, and for a list
     with no samples.  A path listed more than once is kept every time, with
-    one warning on the ``adaptvid.data`` logger.
+    one warning on the ``adaptvid.data`` logger. With ``num_classes`` (the class file's length, named
+    by ``classes_from`` in messages), the labels are checked by :func:`check_list_labels`.
     """
     path = Path(path)
     if not path.is_file():
@@ -174,6 +207,8 @@ def read_list_file(path, data_root=None, allow_outside_root: bool = False) -> li
                        "more than once", path, len(duplicates),
                        "entry" if len(duplicates) == 1 else "entries", path, lineno, relative,
                        first_line, conflict)
+    if num_classes is not None:
+        check_list_labels(samples, num_classes, path, classes_from)
     return samples
 
 

@@ -50,7 +50,9 @@ def load_samples(path: str, data_root: Optional[str] = None, class_names: Option
             return samples, found
         labels = match_folder_classes(path, found, class_names)
         return [VideoSample(s.path, labels[s.label]) for s in samples], list(class_names)
-    return read_list_file(path, data_root, allow_outside_root=allow_outside_root), None
+    # with the class count known, the reader refuses the two silent misreads (1-based UCF lists, HMDB flag files)
+    return read_list_file(path, data_root, allow_outside_root=allow_outside_root,
+                          num_classes=len(class_names) if class_names else None, classes_from="the class file"), None
 
 
 def check_labels(samples: Sequence[VideoSample], num_classes: int, source: str, classes_from: str) -> None:
