@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..backbones import BlockView, FrameContext
+from ..backbones import BlockView, FrameContext, attention
 from ._blocks import Bottleneck, TemporalEmbedding, bottleneck_width
 from ._readout import request_readout
 from .registry import register_method
@@ -117,14 +117,45 @@ class TemporalAdaptation(nn.Module):
     def forward(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
         bt, n, d = x.shape
         t = ctx.num_frames
-        xt = x.reshape(bt // t, t, n, d).transpose(1, 2).reshape(-1, t, d)   # (B*N, T, D)
-        xt = self.view.norm1(xt)
-        if self.adapter_in is not None:
-            xt = self.adapter_in(xt)
-        xt = self.adapter(self.view.attn(xt))
-        xt = xt.reshape(bt // t, n, t, d).transpose(1, 2).reshape(bt, n, d)  # back to (B*T, N, D)
+        if self.adapter_in is None and self._attention_through_handles():
+            # norm1, the projections and the adapter act per token: only the attention needs the tokens
+            # grouped along time, so q/k/v are regrouped (fused SDPA) instead of the residual stream twice.
+            xt = self.adapter(self._temporal_attention(self.view.norm1(x), t))
+        else:
+            xt = x.reshape(bt // t, t, n, d).transpose(1, 2).reshape(-1, t, d)   # (B*N, T, D)
+            xt = self.view.norm1(xt)
+            if self.adapter_in is not None:
+                xt = self.adapter_in(xt)
+            xt = self.adapter(self.view.attn(xt))
+            xt = xt.reshape(bt // t, n, t, d).transpose(1, 2).reshape(bt, n, d)  # back to (B*T, N, D)
         # No layer scale (view.residual1) here: the zero-init adapter learns its own scale.
         return x + self.drop_path(xt, t)
+
+    def _attention_through_handles(self) -> bool:
+        """The q/k/v handles compute what ``view.attn`` computes: offered, no peft layer in the block (looked up
+        on each call: lora may wrap it after aim was applied, and open_clip's fused LoRA is seen by
+        ``view.attn`` only), no attention dropout in training."""
+        view = self.view
+        if view.qkv is None or view.attn_out is None or any(hasattr(m, "get_base_layer") for m in view.block.modules()):
+            return False
+        module = view.attn_module
+        drop = getattr(module, "attn_drop", None)   # timm: a Dropout module; torch MHA, transformers: a float
+        rate = drop.p if isinstance(drop, nn.Dropout) else float(getattr(module, "dropout", 0.0) or 0.0)
+        return not (self.training and rate > 0)
+
+    def _temporal_attention(self, xn: torch.Tensor, t: int) -> torch.Tensor:
+        """The frozen attention over each token position's T frames: (B*T, N, D) in and out."""
+        bt, n, _ = xn.shape
+        q, k, v = self.view.qkv(xn)                                   # (B*T, heads, N, hd)
+        heads, hd = q.shape[1], q.shape[3]
+
+        def along_time(z):   # (B*T, heads, N, hd) -> (B*N, heads, T, hd)
+            return z.reshape(bt // t, t, heads, n, hd).permute(0, 3, 2, 1, 4).reshape(-1, heads, t, hd)
+
+        o = attention(along_time(q), along_time(k), along_time(v))   # (B*N, heads, T, hd)
+        # back to frames: (B*T, N, heads, hd) in memory, handed over as the (B*T, heads, N, hd) view
+        o = o.reshape(bt // t, n, heads, t, hd).permute(0, 3, 1, 2, 4).reshape(bt, n, heads, hd)
+        return self.view.attn_out(o.transpose(1, 2))
 
 
 class SpatialAdapter(nn.Module):

@@ -81,6 +81,40 @@ def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
     return d_row * (2 * w - 1) + d_col
 
 
+def relative_position_product(affinity: torch.Tensor, table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``out[n, q] = sum_k affinity[n, q, k] * table[relative_position_index(grid)[q, k]]`` without the
+    (Np, Np, D) unrolled table (118 MB per call on ViT-B/16, where the official code gathers it).
+
+    affinity: (N, Np, Np); table: ((2h-1)(2w-1), D) -> (N, Np, D). With the key columns taken in
+    reverse order, the table entries one query row meets for one key row are a sliding window over
+    one table row, i.e. a strided view (``unfold``) of the table, not a copy. Query/key row pairs
+    with the same row offset share that window, so they go through one batched product (2h-1 in
+    all); each adds exactly the multiply-adds of the unrolled product (the same counted FLOPs).
+    """
+    h, w = grid
+    n, d = affinity.shape[0], table.shape[1]
+    device = table.device.type   # (autocast does not exist on every device type, e.g. meta for FLOP counting)
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if autocast else table.dtype
+    # (cq, rq, rk, N, ck') with ck' = w-1-ck: the table column of (cq, ck') is cq + ck'
+    a = affinity.to(dtype).reshape(n, h, w, h, w).flip(-1).permute(2, 1, 3, 0, 4)
+    # windows[i, cq, ck'] = table row i (row offset rq - rk + h - 1), column cq + ck'
+    windows = table.to(dtype).reshape(2 * h - 1, 2 * w - 1, d).unfold(1, w, 1).transpose(-1, -2)
+    out = a.new_zeros(w, h * n, d)                                        # (cq, rq * N, D)
+    # in place only where autograd is off: the in-place product is neither recorded nor FLOP-counted
+    fused = not (torch.is_grad_enabled() and (affinity.requires_grad or table.requires_grad))
+    for offset in range(1 - h, h):                                        # offset = rq - rk
+        rq0, rq1 = max(0, offset), min(h, h + offset)
+        x = a[:, rq0:rq1, rq0 - offset:rq1 - offset].diagonal(dim1=1, dim2=2)   # (cq, N, ck', pairs)
+        x = x.permute(0, 3, 1, 2).reshape(w, (rq1 - rq0) * n, w)
+        acc = out[:, rq0 * n:rq1 * n]
+        if fused:
+            torch.baddbmm(acc, x, windows[offset + h - 1], out=acc)
+        else:
+            acc += torch.bmm(x, windows[offset + h - 1])
+    return out.reshape(w, h, n, d).permute(2, 1, 0, 3).reshape(n, h * w, d)
+
+
 class TemporalCrossAttention(nn.Module):
     """Motion feature from the attention of frame t's queries on frame t-1's (and t+1's) keys."""
 
@@ -97,9 +131,9 @@ class TemporalCrossAttention(nn.Module):
         # q, k: (B, T', heads, Np, hd), frame-aligned pairs -> (B, T', Np, D)
         affinity = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5     # (B, T', heads, Np, Np)
         affinity = affinity.softmax(dim=-1).mean(dim=2)                 # softmax over keys, mean over heads
-        n = self.index.shape[0]
-        unrolled = table[self.index.reshape(-1)].reshape(n, n, -1)      # (Np query, Np key, D)
-        return torch.einsum("btqk,qkd->btqd", affinity.to(unrolled.dtype), unrolled)
+        b, t, n, _ = affinity.shape
+        out = relative_position_product(affinity.reshape(b * t, n, n), table, self.grid)
+        return out.reshape(b, t, n, -1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
         """q, k: (B*T, heads, L, hd) of one block -> feature (B, T, L, D), zero on the prefix tokens."""

@@ -108,6 +108,7 @@ class XClipClassifier(TextClassifier):
         super().__init__(text, list(class_names or [""]), templates, prompt=prompt, fixed_logit_scale=fixed_logit_scale)
         self.class_names = list(class_names or [])
         self.prompts_generator = generator
+        self._frozen_key = None   # versions of the frozen text weights the cached class texts were made with
 
     def encode_classes(self) -> torch.Tensor:
         """(C, E) raw class text embeddings (the generator needs them unnormalised); with several templates,
@@ -116,6 +117,15 @@ class XClipClassifier(TextClassifier):
             raise ValueError("this X-CLIP model has no class names: score texts with model.text_logits(video, texts) "
                              "or give it classes with adaptvid.set_classes(model, names)")
         return encode_class_prompts(self.text, self.class_names, self.templates, normalize=False)
+
+    def class_embeddings(self) -> torch.Tensor:
+        """The cached class texts, also re-encoded when a *frozen* text weight changed in place (weights
+        loaded into the tower after a forward): the base class watches only the trainable ones."""
+        scale = self.text.logit_scale
+        frozen = tuple((id(p), p._version) for p in self.text.parameters() if not p.requires_grad and p is not scale)
+        if self._frozen_key != frozen:
+            self._cache, self._frozen_key = None, frozen
+        return super().class_embeddings()
 
     def logits(self, video: torch.Tensor, texts: torch.Tensor, aux=None) -> torch.Tensor:
         if aux is None:
