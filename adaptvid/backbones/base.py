@@ -19,9 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,11 @@ class Backbone(nn.Module):
         self.after_embed = nn.ModuleDict()
         self._views: Optional[list[BlockView]] = None
         self.text = None         # text tower handle (not a submodule) for text-side methods
+        # Training-efficiency switches (TrainConfig.grad_checkpoint / token_drop; both act in training mode only):
+        # recompute each block in backward instead of keeping its activations, and drop this fraction of each
+        # frame's patch tokens (prefix tokens kept) right after the patch embedding (FLIP).
+        self.grad_checkpoint = False
+        self.token_drop = 0.0
 
     # -- implemented by each library wrapper ---------------------------------
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -280,6 +288,8 @@ class Backbone(nn.Module):
         """
         views = self.views
         x = self.embed_tokens(images)
+        if self.training and self.token_drop > 0:
+            x = self.drop_tokens(x, self.token_drop)
         for module in self.before_pre_norm.values():
             x = module(x, ctx)
         x = self.pre_norm(x)
@@ -288,17 +298,50 @@ class Backbone(nn.Module):
         taken = []
         for index, (view, slot) in enumerate(zip(views, self.slots)):
             capture = [] if index in qk_layers else None
-            x = run_block(view, slot, x, ctx, capture)
+            if self.grad_checkpoint and capture is None and self.training and torch.is_grad_enabled():
+                # non-reentrant: the RNG state (dropout, drop path) is replayed, so the recomputed block equals
+                # the first pass; running statistics are restored after the recomputation (no double update)
+                x = checkpoint(run_block, view, slot, x, ctx, use_reentrant=False,
+                               context_fn=lambda slot=slot: (contextlib.nullcontext(), _running_stats_kept(slot)))
+            else:
+                x = run_block(view, slot, x, ctx, capture)
             if capture:
                 qk_out[index] = capture[0]
             if index in return_layers:
                 taken.append(x)
         return x, taken
 
+    def drop_tokens(self, tokens: torch.Tensor, fraction: float) -> torch.Tensor:
+        """Keep the prefix (CLS) tokens and a random ``1 - fraction`` of each frame's patch tokens, in their
+        order (FLIP; ``int(patches * (1 - fraction))`` kept, at least one). Draws from torch's global generator,
+        so a seed makes it reproducible; ``tokens`` are the embedded (N, prefix + patches, D) tokens."""
+        n, length, width = tokens.shape
+        patches = self.grid[0] * self.grid[1]
+        prefix = length - patches
+        if prefix < 0:
+            raise ValueError(f"token drop: {length} embedded tokens, fewer than the {self.grid} patch grid")
+        keep = max(1, int(patches * (1 - fraction)))
+        order = torch.rand(n, patches, device=tokens.device).argsort(dim=1)[:, :keep].sort(dim=1).values
+        kept = tokens[:, prefix:].gather(1, order.unsqueeze(-1).expand(-1, -1, width))
+        return torch.cat([tokens[:, :prefix], kept], dim=1)
+
     def forward(self, images: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         """Image embedding of each frame, (N, embed_dim)."""
         tokens, _ = self.forward_tokens(images, self.context(num_frames))
         return self.head(tokens[:, 0])
+
+
+@contextlib.contextmanager
+def _running_stats_kept(slot: Slot):
+    """Around a checkpointed block's recomputation: put back the running statistics (BatchNorm) of the slot's
+    modules, which the first pass already updated."""
+    stats = [(m, name, getattr(m, name).clone()) for m in slot.modules() if getattr(m, "track_running_stats", False)
+             for name in ("running_mean", "running_var", "num_batches_tracked") if getattr(m, name, None) is not None]
+    try:
+        yield
+    finally:
+        for module, name, value in stats:
+            getattr(module, name).copy_(value)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,32 @@ CLAIMS = {
 }
 
 
+# Methods whose modules read the patch tokens as a full grid (or aligned across frames), so random token
+# dropping (TrainConfig.token_drop) would break them: name -> what needs the grid.
+FULL_GRID_USES = {
+    "st-adapter": "its depthwise 3D convolution over the (T, H, W) patch grid",
+    "aim": "its temporal attention between the same patch position of every frame",
+    "evl": "its decoder's relative positions over the patch grid",
+    "dist": "its integration branch over the patch grid",
+    "dualpath": "its grid framesets, which tile frames into the patch grid",
+    "side4video": "its side network's position embedding of the patch grid",
+    "uniformerv2": "its local MHRA convolutions over the patch grid",
+    "zeroi2v": "its head shift, which mixes the same token position across frames",
+}
+
+
+def check_token_drop(names: list[str], fraction: float) -> None:
+    """Refuse token dropping (``fraction > 0``) with a method that needs the full patch grid, naming it."""
+    if fraction <= 0:
+        return
+    for name in names:
+        spec = get_method(name)
+        why = FULL_GRID_USES.get(spec.name)
+        if why:
+            raise ValueError(f"token_drop={fraction} cannot be used with method {spec.name!r}: {why} needs every "
+                             "patch token; set token_drop to 0 (--token-drop 0) or choose another method")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str

@@ -39,6 +39,12 @@ class TrainConfig:
     max_nan_steps: int = field(default=0, metadata={
         "help": "steps with a non-finite loss are skipped (no optimiser step); the run stops with an error after "
                 "more than N of them (0: at the first)"})
+    grad_checkpoint: bool = field(default=False, metadata={
+        "help": "recompute each transformer block in backward instead of keeping its activations (less memory, "
+                "more time); full fine-tuning and methods inside the blocks"})
+    token_drop: float = field(default=0.0, metadata={
+        "help": "drop this fraction of each frame's patch tokens in training (FLIP / Harvest; CLS kept, eval "
+                "unchanged); refused by methods that need the full patch grid"})
 
     def __post_init__(self) -> None:
         if self.precision is False:  # `precision: no` in a YAML file reads as the boolean false
@@ -51,6 +57,8 @@ class TrainConfig:
         for name in ("save_every_steps", "max_nan_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if isinstance(self.token_drop, bool) or not 0 <= self.token_drop < 1:
+            raise ValueError(f"token_drop must be a fraction in [0, 1), got {self.token_drop!r}")
         for name in ("lr", "backbone_lr"):
             value = getattr(self, name)
             if value is None and name == "backbone_lr":

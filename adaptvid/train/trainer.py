@@ -145,6 +145,7 @@ def fit(
     train_loader = _loader(train_set, cfg, shuffle=cfg.shuffle, batch_size=cfg.batch_size, collate=collate)
     val_loader = (_loader(val_set, cfg, shuffle=False, batch_size=max(1, cfg.batch_size // 2), collate=collate)
                   if val_set else None)
+    _set_efficiency(model, cfg)
     groups = parameter_groups(model, cfg.lr, cfg.resolved_backbone_lr, cfg.weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
@@ -303,6 +304,16 @@ def fit(
                     title=_curve_title(unwrapped_model, output))
     accelerator.end_training()
     return {**result, "train_skipped": skipped, "steps": step, "nonfinite_steps": nonfinite}
+
+
+def _set_efficiency(model, cfg: TrainConfig) -> None:
+    """Put the config's gradient checkpointing and token dropping on the backbone (they act in training
+    mode only, so evaluation is unchanged); token dropping is refused by methods that need the full grid."""
+    from ..methods.registry import check_token_drop
+
+    check_token_drop([name for name, _ in getattr(model, "methods", [])], cfg.token_drop)
+    model.backbone.grad_checkpoint = cfg.grad_checkpoint
+    model.backbone.token_drop = cfg.token_drop
 
 
 def _align_schedule(scheduler, optimizer, schedule: Schedule, step: int) -> None:
