@@ -1,4 +1,4 @@
-"""A temporal transformer over frame embeddings: ``(B, T, E) -> (B, E)`` (METHODS.md §5 block 11).
+"""A temporal transformer over frame embeddings: ``(B, T, E) -> (B, E)`` (the temporal transformer of ActionCLIP, Text4Vis, Efficient-Prompt and CLIP4Clip).
 
 One module covers the heads that mix the per-frame CLIP embeddings of a clip:
 

@@ -28,7 +28,7 @@ them; the spatial encoder sees every other frame, frames 0, 2, ..., 2T-2
 (``frame_ratio`` = 2). Dense frames 2t and 2t+1 are averaged onto sparse frame
 t when the temporal features enter the integration branch.
 
-Decisions. METHODS.md pins: frozen tower on T frames with all 12 layers
+Decisions. The paper pins: frozen tower on T frames with all 12 layers
 recorded and no gradient; temporal encoder of width 96, temporal kernel 3,
 its own patchify, on 2T frames; integration branch of width 384 fusing all 12
 layers with the temporal encoder. The rest is this implementation's choice,

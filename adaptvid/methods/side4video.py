@@ -33,7 +33,7 @@ shift). Output: BatchNorm of every side token (the official
 ``side_post_bn``), then the mean over frames and patch tokens -> ``out_dim = C``
 (not projected), then the model's Linear head.
 
-Decisions (METHODS.md pins the width, the 50/50 fusion, the 3x1x1 depthwise
+Decisions (the paper pins the width, the 50/50 fusion, the 3x1x1 depthwise
 conv and the half/half CLS shift; the rest follows the MIT-licensed
 official ``Recognition/clip/model.py`` in structure, re-written here):
 
