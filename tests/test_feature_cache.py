@@ -55,3 +55,12 @@ def test_methods_that_train_inside_the_backbone_cannot_use_the_cache(demo, tmp_p
     model = build_model("tiny-clip", "st-adapter", num_classes=6, num_frames=4, bottleneck=8)
     with pytest.raises(ValueError, match="frozen and untouched"):
         cached_dataset(model, _val_set(model, demo), tmp_path, "val")
+
+
+def test_token_drop_with_the_cache_is_refused(demo, tmp_path, capsys):
+    # the cache holds the backbone's full-token outputs: a token drop would silently do nothing
+    assert main(["adapt", "--backbone", "tiny-clip", "--method", "frozen", "--train", str(demo / "train.txt"),
+                 "--val", str(demo / "val.txt"), "--cache-features", str(tmp_path / "cache"), "--token-drop", "0.5",
+                 *FAST, "--output", str(tmp_path / "a")]) == 2
+    assert "--token-drop" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()

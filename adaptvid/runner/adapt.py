@@ -105,6 +105,9 @@ def adapt(recipe: Optional[str] = None, *, overrides: Union[Mapping[str, Any], S
     train_set = make_dataset(model, data, train_samples, train=True, seed=cfg.seed)
     val_set = make_dataset(model, data, val_samples, train=False, views=cfg.views) if val_samples else None
     if cache_features:
+        if cfg.token_drop > 0:   # the cache holds the full-token backbone outputs: nothing would be dropped
+            raise SettingsError("--token-drop drops tokens inside the backbone, which --cache-features runs once "
+                                "beforehand: use one or the other")
         train_set, val_set = cached_datasets(model, train_set, val_set, cache_features, cfg)
 
     trainable, total = count_parameters(model)

@@ -37,7 +37,7 @@ STATE_FORMAT = 2   # 1: optimizer, scheduler, epoch, step only (adaptvid before 
 SCHEDULE_FIELDS = ("epochs", "lr", "backbone_lr", "warmup_epochs", "batch_size", "grad_accum")
 # What else changes the training itself: allowed on resume, with a warning that it is no longer the same run.
 TRAINING_FIELDS = ("weight_decay", "seed", "clip_grad", "label_smoothing", "mixup", "cutmix", "mix_switch_prob",
-                   "mix_prob", "precision", "shuffle")
+                   "mix_prob", "precision", "shuffle", "token_drop")
 # The model: a change is refused (weights: see plan_resume).
 MODEL_FIELDS = ("backbone", "methods", "num_frames", "num_classes", "class_names", "pool", "project", "head_dropout",
                 "merged", "init_from")
