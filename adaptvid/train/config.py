@@ -42,6 +42,9 @@ class TrainConfig:
     grad_checkpoint: bool = field(default=False, metadata={
         "help": "recompute each transformer block in backward instead of keeping its activations (less memory, "
                 "more time); full fine-tuning and methods inside the blocks"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model for the training and validation steps (the checkpoint holds the plain "
+                "module's keys; backend from ADAPTVID_COMPILE_BACKEND, default inductor)"})
     token_drop: float = field(default=0.0, metadata={
         "help": "drop this fraction of each frame's patch tokens in training (FLIP / Harvest; CLS kept, eval "
                 "unchanged); refused by methods that need the full patch grid"})

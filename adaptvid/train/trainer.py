@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -175,6 +176,7 @@ def fit(
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     unwrapped_model = accelerator.unwrap_model(model)
     task.prepare(unwrapped_model, accelerator.process_index)
+    step_model = compiled(model) if cfg.compile else model   # saving goes through unwrapped_model: plain keys
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
@@ -234,7 +236,7 @@ def fit(
             last_good = batch
             stepped = False
             with accelerator.accumulate(model):
-                loss = task.loss(model, batch, unwrapped_model)
+                loss = task.loss(step_model, batch, unwrapped_model)
                 if _all_finite(loss, accelerator):   # one flag for all processes: they skip the step together
                     accelerator.backward(loss * weight)
                 else:
@@ -283,7 +285,7 @@ def fit(
             raise NoTrainingStepError(_no_step_message(train_set, skipped_indices, accelerator))
         last = epoch + 1 == cfg.epochs
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            result = task.evaluate(model, val_loader, accelerator)
+            result = task.evaluate(step_model, val_loader, accelerator)
             log.write({"event": "eval", "epoch": epoch + 1, "step": step, **flatten_metrics(result)})
             accelerator.print(f"epoch {epoch + 1}: val {task.summary(result)}")
         accelerator.wait_for_everyone()
@@ -304,6 +306,12 @@ def fit(
                     title=_curve_title(unwrapped_model, output))
     accelerator.end_training()
     return {**result, "train_skipped": skipped, "steps": step, "nonfinite_steps": nonfinite}
+
+
+def compiled(model):
+    """``torch.compile(model)`` with the backend ``ADAPTVID_COMPILE_BACKEND`` names (default inductor, which
+    needs a C compiler on CPU; aot_eager checks the graph capture without code generation)."""
+    return torch.compile(model, backend=os.environ.get("ADAPTVID_COMPILE_BACKEND", "inductor"))
 
 
 def _set_efficiency(model, cfg: TrainConfig) -> None:
