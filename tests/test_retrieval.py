@@ -108,3 +108,14 @@ def test_a_retrieval_checkpoint_classifies_zero_shot(trained, demo, capsys):
                  "--data", str(demo / "val.txt"), "--num-workers", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["num_videos"] == 12 and 0 <= result["top1"] <= 100
+
+
+def test_adapt_takes_captions_format_when_the_extension_does_not_say(demo, tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.txt").write_bytes((demo / f"captions_{split}.jsonl").read_bytes())
+    common = ["adapt", "--task", "retrieval", "--backbone", "tiny-clip", "--method", "clip4clip", "--train",
+              str(tmp_path / "train.txt"), "--val", str(tmp_path / "val.txt"), "--data-root", str(demo), *FAST]
+    assert main([*common, "--output", str(tmp_path / "a")]) == 2
+    assert "captions format" in capsys.readouterr().err
+    assert main([*common, "--captions-format", "jsonl", "--output", str(tmp_path / "b")]) == 0
+    assert "R@1" in capsys.readouterr().out

@@ -7,7 +7,8 @@ import json
 import sys
 
 ADAPT_FLAGS = ("backbone", "method", "weights", "output", "frames", "head_dropout", "init_from", "train_list",
-               "val_list", "data_root", "classes", "sampling", "stride", "hflip", "backend", "allow_outside_root", "task")
+               "val_list", "data_root", "classes", "sampling", "stride", "hflip", "backend", "allow_outside_root", "task",
+               "captions_format")
 
 
 def _prefixed(args: argparse.Namespace, prefix: str) -> dict:

@@ -90,6 +90,8 @@ def _add_adapt(sub) -> None:
     p.add_argument("--output", help="checkpoint folder (default runs/<recipe or method>)")
     p.add_argument("--task", choices=["classification", "retrieval"],
                    help="classification (list files, default) or retrieval (captions files: video-text contrastive)")
+    p.add_argument("--captions-format", help="retrieval: the format of --train/--val when the extension does not "
+                                             "say it: didemo, activitynet, lsmdc, webvid, jsonl or csv")
     p.add_argument("--resume", action="store_true", help="continue the training in --output exactly where it stopped")
     p.add_argument("--extend", action="store_true", help="with --resume: train to a new --epochs, the cosine schedule "
                                                          "stretched from the current step")

@@ -33,7 +33,7 @@ FLAT_SETTINGS = {
     "train_list": "data.train", "val_list": "data.val", "val": "data.val", "data_root": "data.root",
     "classes": "data.classes", "sampling": "data.sampling", "stride": "data.stride", "hflip": "data.hflip",
     "backend": "data.backend", "allow_outside_root": "data.allow_outside_root",
-    "task": "task",
+    "task": "task", "captions_format": "data.captions_format",
     # every TrainConfig field by its own name: epochs, lr, seed, save_every_steps, ...
     **{f.name: f"train.{f.name}" for f in dataclasses.fields(TrainConfig)},
 }
