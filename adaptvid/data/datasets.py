@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -53,6 +54,10 @@ class VideoDataset(SeededEpochs, Dataset):
     return (C, T, H, W); for crops > 1 it also needs VideoTransform's
     `multi_crop(frames, num_crops)`.
 
+    `decode_short_side` ("auto", an int or None) decodes frames already
+    shrunk (see ``_decode_size``); `frames_fps` is the frame rate of frame
+    folders (default 30).
+
     Training randomness comes from a numpy Generator seeded by
     (seed, epoch, index), so an item is the same whichever worker loads it and
     however many workers there are.  Call ``set_epoch`` before each epoch; the
@@ -62,7 +67,8 @@ class VideoDataset(SeededEpochs, Dataset):
     def __init__(self, samples: Sequence[VideoSample], num_frames: int = 8,
                  transform: Callable | None = None, sampling: str = "segment", stride: int = 4,
                  train: bool = True, views=(1, 1), size: int = 224,
-                 backend: str | None = None, seed: int = 0):
+                 backend: str | None = None, seed: int = 0,
+                 decode_short_side: int | str | None = None, frames_fps: float | None = None):
         if sampling not in ("segment", "dense"):
             raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
         self.views = parse_views(views) if isinstance(views, str) else tuple(int(v) for v in views)
@@ -77,12 +83,32 @@ class VideoDataset(SeededEpochs, Dataset):
         self.stride = int(stride)
         self.train = bool(train)
         self.backend = backend
+        self.frames_fps = frames_fps
         self._init_epochs(seed)
         self.transform = transform if transform is not None else VideoTransform(
             size, CLIP_MEAN, CLIP_STD, train=train)
+        self.decode_short_side = self._decode_size(decode_short_side)
         if self.views[1] > 1 and not hasattr(self.transform, "multi_crop"):
             raise ValueError("crops > 1 need a transform with a multi_crop(frames, "
                              "num_crops) method, such as VideoTransform")
+
+    def _decode_size(self, option) -> int | None:
+        """The short side to decode at: an int, None (full size) or "auto".
+
+        "auto" needs a VideoTransform (its output size is known): evaluation
+        decodes at the transform's test-time short side, which its resize would
+        reach anyway; training decodes at size / sqrt(smallest crop area), so
+        even the smallest random crop is still at least `size` pixels and is
+        only ever shrunk.  Any other transform: full size.
+        """
+        if option != "auto":
+            return None if option is None else int(option)
+        t = self.transform
+        if not isinstance(t, VideoTransform):
+            return None
+        if not self.train:
+            return t.short_side
+        return math.ceil(t.size / math.sqrt(min(t.scale)))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,7 +131,8 @@ class VideoDataset(SeededEpochs, Dataset):
         return self.transform(frames)
 
     def _load(self, path: str, index: int) -> torch.Tensor:
-        reader = open_video(path, backend=self.backend)
+        reader = open_video(path, backend=self.backend, short_side=self.decode_short_side,
+                            fps=self.frames_fps)
         if self.train:
             rng = self.item_rng(index)
             frames = reader.get_frames(self._indices(len(reader), rng, 0, 1))
