@@ -7,8 +7,8 @@
   ``adaptvid index`` / ``adaptvid search`` do;
 - ``RetrievalTask``: symmetric InfoNCE training and R@K evaluation for ``adaptvid.train.fit``.
 """
-from .runner.retrieval import (Index, build_index, encode_texts, evaluate_retrieval, search_index,
-                               zero_shot_retrieval_model)
+from .runner.index import Index, build_index, search_index
+from .runner.retrieval import encode_texts, evaluate_retrieval, zero_shot_retrieval_model
 from .tasks.contrastive import contrastive_loss, symmetric_infonce
 from .tasks.retrieval import RetrievalTask
 from .tasks.retrieval_metrics import dual_softmax, qb_norm, retrieval_metrics

@@ -111,21 +111,24 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..runner.retrieval import build_index
+    from ..runner.index import build_index
 
     if bool(args.checkpoint) == bool(args.backbone):
         raise SystemExit("adaptvid index: pass exactly one of --checkpoint DIR or --backbone NAME")
     r = build_index(args.checkpoint, args.videos, args.output, backbone=args.backbone, frames=args.frames,
                     weights=args.weights, data_root=args.data_root, batch_size=args.batch_size,
-                    num_workers=args.num_workers, overwrite=args.overwrite, allow_other_weights=args.allow_other_weights)
-    print(f"{r['num_videos']} videos -> {r['path']} (+ .json sidecar); {r['skipped']} skipped")
+                    num_workers=args.num_workers, overwrite=args.overwrite, update=args.update,
+                    save_every=args.save_every, progress=args.progress, allow_other_weights=args.allow_other_weights)
+    print(f"{r['num_videos']} videos -> {r['path']} (+ .json sidecar); {r['added']} embedded now, "
+          f"{r['skipped']} skipped")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..runner.retrieval import search_index
+    from ..runner.index import search_index
 
-    results = search_index(args.index, args.query, k=args.top, weights=args.weights)
+    results = search_index(args.index, args.query, k=args.top, weights=args.weights, rerank=args.rerank,
+                           use_faiss=args.use_faiss)
     if args.json:
         print(json.dumps([{"query": q, "results": r} for q, r in zip(args.query, results)], indent=2))
         return 0

@@ -170,11 +170,23 @@ def _add_inference(sub) -> None:
     p.add_argument("--output", required=True, help="index file, ending in .safetensors (+ a .json sidecar)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="rebuild an existing index from scratch")
+    existing.add_argument("--update", action="store_true",
+                          help="add to an existing index the videos it does not hold yet (same model only)")
+    p.add_argument("--save-every", type=int, default=256, metavar="N",
+                   help="save a part every N videos, so that an interrupted build resumes there (default 256)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p = sub.add_parser("search", help="rank an index's videos for a text query")
     p.add_argument("index", help="an index written by adaptvid index")
     p.add_argument("query", nargs="+", help="the text(s) to search for")
     p.add_argument("--top", type=int, default=10, help="videos to show per query (default 10)")
+    p.add_argument("--rerank", type=int, default=100, metavar="N",
+                   help="text-conditioned heads (X-Pool, tightTransf): rescore the N best cosine candidates per "
+                        "query with the head (default 100; the head costs one evaluation per candidate)")
+    p.add_argument("--faiss", dest="use_faiss", action="store_true", default=None,
+                   help="rank with FAISS (pip install 'adaptvid[faiss]'); by default it is used when installed "
+                        "and the index holds 100,000 videos or more")
     p.add_argument("--weights", help="backbone weights to rebuild the model on (default: those recorded)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("merge", help="fold mergeable methods (ZeroI2V, LoRA) into the backbone weights")

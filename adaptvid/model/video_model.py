@@ -254,12 +254,18 @@ class VideoModel(nn.Module):
         retrieval; ``frame_embeddings`` is ``(B, T, E)`` when the temporal aggregator is text-conditioned
         (``aggregator.text_conditioned``, X-Pool: it pools the frames once per text), else None."""
         text = self.use_text()
+        embedding, frames = self.retrieval_video_embeddings(video)
+        return embedding, text(input_ids, attention_mask), frames
+
+    def retrieval_video_embeddings(self, video: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The video side of ``video_text_embeddings``: ``(embedding (B, E), frame_embeddings (B, T, E) or
+        None)``; the frame embeddings come only for a text-conditioned aggregator, which scores each
+        (text, video) pair from them (a search index keeps them to rerank its candidates)."""
         if getattr(self.aggregator, "text_conditioned", False):
             features = video if self.from_features else self.backbone_features(video)
             frames = self.backbone.head(features, self.project)
-            return self.aggregator(frames), text(input_ids, attention_mask), frames
-        embedding = self.readout(video) if self.from_features else self._video_embedding(video)[0]
-        return embedding, text(input_ids, attention_mask), None
+            return self.aggregator(frames), frames
+        return (self.readout(video) if self.from_features else self._video_embedding(video)[0]), None
 
     def forward(self, video: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None):

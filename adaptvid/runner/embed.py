@@ -21,18 +21,25 @@ from ..train import OutputExistsError
 
 
 @torch.no_grad()
-def embed_videos(model, loader, normalize: bool = False) -> dict:
-    """{"embeddings": (N, E), "labels": (N,), "indices": (N,), "skipped": int} over ``loader``'s batches."""
+def embed_videos(model, loader, normalize: bool = False, with_frames: bool = False) -> dict:
+    """{"embeddings": (N, E), "labels": (N,), "indices": (N,), "skipped": int} over ``loader``'s batches;
+    ``with_frames`` adds "frames" (N, T, E), the frame embeddings a text-conditioned retrieval head
+    scores from (one test view: ``model.retrieval_video_embeddings``)."""
     model.eval()
     device = next(model.parameters()).device
-    parts: dict[str, list] = {"embeddings": [], "labels": [], "indices": []}
+    parts: dict[str, list] = {"embeddings": [], "labels": [], "indices": [], **({"frames": []} if with_frames else {})}
     skipped = 0
     for batch in loader:
         skipped += batch["skipped"]
         if batch["video"] is None:
             continue
         video = batch["video"].to(device)
-        if video.ndim == 6:   # (B, V, C, T, H, W): the mean over a video's views
+        if with_frames:
+            if video.ndim == 6:
+                raise ValueError("frame embeddings are taken from one test view; use views='1x1'")
+            embedding, frames = model.retrieval_video_embeddings(video)
+            parts["frames"].append(frames.float().cpu())
+        elif video.ndim == 6:   # (B, V, C, T, H, W): the mean over a video's views
             b, v = video.shape[:2]
             embedding = model.encode_video(video.flatten(0, 1)).reshape(b, v, -1).mean(dim=1)
         else:
