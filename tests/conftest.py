@@ -1,5 +1,6 @@
 import logging
 import os
+import sys
 
 # Nothing in the suite may wait on a model hub: a stray lookup fails at once instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,6 +10,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 TINY_BACKBONES = ("tiny-clip", "tiny-hf-clip", "tiny-vit")
+
+# Two real processes on CPU (gloo): `accelerate launch --cpu` starts a single process whatever
+# --num_processes says (accelerate 1.x uses its simple launcher with --cpu), so torchrun starts them
+# and ACCELERATE_USE_CPU tells Accelerate to stay on the CPU. Tests assert num_processes == 2.
+TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TWO_PROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
 
 # open_clip warns for every randomly initialised (tiny) model; keep adaptvid's own warnings visible.
 logging.getLogger().addFilter(lambda record: "No pretrained weights loaded" not in record.getMessage())

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from adaptvid.cli import main
+from conftest import TWO_PROCESS_ENV, TWO_PROCESSES
 
 FAST = ["--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--bottleneck", "16"]
 
@@ -113,11 +114,6 @@ def test_recipes_list_and_show(capsys):
     assert main(["recipes", "show", "nope"]) == 2
 
 
-# Two real processes on CPU (gloo): `accelerate launch --cpu` starts a single process whatever
-# --num_processes says (accelerate 1.x uses its simple launcher with --cpu), so torchrun starts them
-# and ACCELERATE_USE_CPU tells Accelerate to stay on the CPU. Tests assert num_processes == 2.
-TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-TWO_PROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
 
 
 def test_two_process_training_under_torchrun(demo, tmp_path):
