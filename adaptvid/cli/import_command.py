@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
 
 def add_import_parser(sub) -> None:
     p = sub.add_parser("import", help="convert a method's released checkpoint into an adaptvid checkpoint folder",
@@ -17,6 +19,9 @@ def add_import_parser(sub) -> None:
     p.add_argument("--num-frames", type=int, help="frames per clip (default: the checkpoint's, or the format's)")
     p.add_argument("--classes", help="class-names file (methods that classify by text need it)")
     p.add_argument("--heads", type=int, help="attention heads of the image tower (default width // 64)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a format option the tensors cannot show, e.g. --option scale=1.0 for an AIM checkpoint "
+                        "(repeatable; values read as YAML: numbers, true/false, strings)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
 
 
@@ -37,6 +42,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         class_names = read_class_names(args.classes)
     options = {"heads": args.heads} if args.heads else {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"adaptvid import: --option {item!r}: write KEY=VALUE, e.g. --option scale=1.0")
+        options[key.strip()] = yaml.safe_load(value)
     model = import_checkpoint(args.fmt, args.checkpoint, backbone=args.backbone, weights=args.weights,
                               num_frames=args.num_frames, class_names=class_names, output=args.output,
                               overwrite=args.overwrite, **options)
