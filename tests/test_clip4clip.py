@@ -1,4 +1,4 @@
-"""CLIP4Clip's similarity headers (meanP, seqLSTM, seqTransf) and X-Pool's text-conditioned pooling."""
+"""CLIP4Clip's similarity headers (meanP, seqLSTM, seqTransf, tightTransf) and X-Pool's text-conditioned pooling."""
 import math
 
 import pytest
@@ -215,15 +215,195 @@ def test_one_infonce_step_trains_the_header_and_both_towers(backbone, header):
 
 def test_clip4clip_config_is_checked():
     with pytest.raises(ValueError, match="sim_header"):
-        build("tiny-clip", "tightTransf")
+        build("tiny-clip", "crossTransf")
     with pytest.raises(ValueError, match="transf_layers"):
         adaptvid.build_model("tiny-clip", "clip4clip", transf_layers=0)
+    with pytest.raises(ValueError, match="cross_text_chunk"):
+        adaptvid.build_model("tiny-clip", "clip4clip", sim_header="tightTransf", cross_text_chunk=0)
 
 
 def test_frozen_towers_leave_only_the_header_and_logit_scale():
     model = build("tiny-clip", "seqLSTM", train_visual=False, train_text=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"aggregator.{n}" for n, _ in model.aggregator.named_parameters()} | {"text.logit_scale"}
+
+
+# -- CLIP4Clip tightTransf (the cross-modal header) -------------------------------------
+
+# CLIP ViT-B/32, counted from the official definitions (modules/modeling.py, module_cross.py, cross-base config
+# with max_position_embeddings set to CLIP's context length 77 and cross_num_hidden_layers 4):
+# cross.embeddings.position_embeddings nn.Embedding(77, 512) (token types are commented out there) +
+# cross.transformer 4 ResidualAttentionBlock(512, 8) + cross.pooler (ln_pool, dense 512 -> 512) +
+# similarity_dense nn.Linear(512, 1).
+OFFICIAL_TIGHT_B32 = 77 * 512 + 4 * OFFICIAL_BLOCK + (2 * 512 + 512 * 512 + 512) + (512 + 1)
+
+
+def build_tight(backbone="tiny-clip", **options):
+    return build(backbone, "tightTransf", **options)
+
+
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def slow_cross_pair(header, text, frames):
+    """tightTransf written out for one (text (E,), valid frames (T', E)) pair, no mask (eval: no dropout)."""
+    x = torch.cat([text[None], frames])
+    x = x if header.proj_in is None else header.proj_in(x)
+    x = (x + header.position_embeddings.weight[:len(x)])[None]
+    for block in header.blocks:
+        x = block(x)
+    first = F.layer_norm(x[0], (x.shape[-1],), header.pool_norm.weight, header.pool_norm.bias, eps=1e-12)[0]
+    return header.similarity_dense(quick_gelu(header.pool_dense(first)))[0]
+
+
+def perturbed_tight_header(model):
+    header = model.aggregator
+    with torch.no_grad():
+        for p in header.parameters():     # away from the official init (zero biases, unit norms) so every tensor matters
+            p.add_(0.1 * torch.randn_like(p))
+    return header
+
+
+@pytest.mark.parametrize("backbone", CLIP_BACKBONES)
+def test_tighttransf_scores_each_text_with_each_video_through_the_cross_encoder(backbone):
+    torch.manual_seed(0)
+    model = build_tight(backbone).eval()
+    header = perturbed_tight_header(model)
+    assert header.text_conditioned and not model.cacheable() and header.copied_layers == 2
+    assert not model.text.logit_scale.requires_grad        # the official score never uses it
+    video = tiny_video(frames=FRAMES)
+    with torch.no_grad():
+        frames = model.encode_frames(video)
+        texts = model.text.encode_texts(CAPTIONS + ["a third caption"])
+        scores = header.score(frames, texts)
+        assert scores.shape == (3, 2)
+        for n in range(3):
+            for v in range(2):
+                torch.testing.assert_close(scores[n, v], slow_cross_pair(header, texts[n], frames[v]),
+                                           rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(header.score(frames, texts, logit_scale=torch.tensor(3.0)), scores)   # unscaled
+        torch.testing.assert_close(model.text_logits(video, CAPTIONS + ["a third caption"]), scores.t())
+        embedding = model.encode_video(video)                 # no text: the meanP fallback, a unit vector
+        torch.testing.assert_close(embedding, normalised_mean(frames))
+    with pytest.raises(ValueError, match="no class names"):
+        model(video)
+    adaptvid.set_classes(model, CLASS_NAMES)
+    with torch.no_grad():
+        classes = model.text.encode_texts(CLASS_NAMES)
+        torch.testing.assert_close(model(video), header.score(frames, classes).t(), rtol=1e-5, atol=1e-5)
+
+
+def test_tighttransf_padded_frames_are_left_out_of_the_keys():
+    torch.manual_seed(1)
+    model = build_tight().eval()
+    header = perturbed_tight_header(model)
+    with torch.no_grad():
+        frames = model.encode_frames(tiny_video(frames=FRAMES))
+        texts = model.text.encode_texts(CAPTIONS)
+        ones = torch.ones(2, FRAMES, dtype=torch.bool)
+        torch.testing.assert_close(header.score(frames, texts, frame_mask=ones), header.score(frames, texts))
+        mask = ones.clone()
+        mask[0, 2:] = False                                                   # a clip of 2 frames, padded to 4
+        masked = header.score(frames, texts, frame_mask=mask)
+        for n in range(2):
+            torch.testing.assert_close(masked[n, 0], slow_cross_pair(header, texts[n], frames[0, :2]),
+                                       rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(masked[:, 1], header.score(frames, texts)[:, 1], rtol=1e-5, atol=1e-6)
+        changed = frames.clone()
+        changed[0, 2:] = 100 * torch.randn(2, frames.shape[-1])               # padded content is ignored
+        torch.testing.assert_close(header.score(changed, texts, frame_mask=mask), masked, rtol=1e-5, atol=1e-6)
+        gap = ones.clone()
+        gap[1, 1] = False                                                     # an unreadable middle frame
+        changed = frames.clone()
+        changed[1, 1] = 100 * torch.randn(frames.shape[-1])
+        torch.testing.assert_close(header.score(changed, texts, frame_mask=gap), header.score(frames, texts, frame_mask=gap),
+                                   rtol=1e-5, atol=1e-6)
+        none = ones.clone()
+        none[0] = False                                                       # nothing readable: the text alone
+        out = header.score(frames, texts, frame_mask=none)
+        assert torch.isfinite(out).all()
+        for n in range(2):
+            torch.testing.assert_close(out[n, 0], slow_cross_pair(header, texts[n], frames[0, :0]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(header(frames, mask)[0], normalised_mean(frames[:1, :2])[0])   # the fallback too
+        with pytest.raises(ValueError, match="frame_mask"):
+            header.score(frames, texts, frame_mask=ones[:, :2])
+
+
+def test_tighttransf_chunked_scoring_equals_unchunked():
+    from adaptvid.tasks.retrieval import RetrievalTask
+
+    torch.manual_seed(2)
+    model = build_tight(cross_text_chunk=2).eval()
+    header = perturbed_tight_header(model)
+    frames, texts = torch.randn(3, FRAMES, model.embed_dim), torch.randn(5, model.embed_dim)
+    mask = torch.ones(3, FRAMES, dtype=torch.bool)
+    mask[2, 1:] = False
+    with torch.no_grad():
+        chunked = header.score(frames, texts, frame_mask=mask)
+        header.text_chunk = 100
+        whole = header.score(frames, texts, frame_mask=mask)
+        torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+        header.text_chunk = 1
+        torch.testing.assert_close(header.score(frames, texts, frame_mask=mask), whole, rtol=1e-6, atol=1e-6)
+        # the retrieval evaluation's own row chunks (rows of 2 captions) give the same matrix
+        evaluated = RetrievalTask().similarity(model, {"frames": frames, "text": texts, "video": frames[:, 0]}, chunk=2)
+        torch.testing.assert_close(evaluated, header.score(frames, texts), rtol=1e-6, atol=1e-6)
+
+
+def test_tighttransf_parameter_count_on_vit_b32_matches_the_official_modules():
+    assert OFFICIAL_TIGHT_B32 == 12_913_153
+    model = adaptvid.build_model("clip-b32", "clip4clip", weights="random", sim_header="tightTransf")
+    header = model.aggregator
+    assert header.proj_in is None                                           # E = W = 512 on ViT-B/32
+    assert sum(p.numel() for p in header.parameters()) == OFFICIAL_TIGHT_B32
+    assert header.position_embeddings.weight.shape == (77, 512) and header.blocks[0].attn.num_heads == 8
+    assert [sum(p.numel() for p in b.parameters()) for b in header.blocks] == [OFFICIAL_BLOCK] * 4
+    assert torch.equal(header.blocks[3].mlp.c_proj.weight, model.text.blocks[3].mlp.c_proj.weight)   # the official init
+    assert torch.equal(header.position_embeddings.weight, model.text.positional_embedding)
+    new = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("backbone.tower.", "text."))}
+    assert new == {f"aggregator.{n}" for n, _ in header.named_parameters()}
+
+
+def test_tighttransf_retrieval_training_lowers_the_loss_on_a_fixed_batch():
+    from adaptvid.tasks.retrieval import RetrievalTask
+
+    torch.manual_seed(3)
+    model = build_tight().eval()   # the embeddings' dropout off: the same batch gives the same loss twice
+    task = RetrievalTask()
+    task.prepare(model)
+    batch = {"video": tiny_video(batch=3, frames=FRAMES), "caption": CAPTIONS + ["blue turning red"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = task.loss(model, batch, model)
+        assert torch.isfinite(loss)
+        optimiser.zero_grad()
+        loss.backward()
+        if not losses:   # the first step reaches the header and both towers
+            for name, p in model.aggregator.named_parameters():
+                if name == "similarity_dense.bias":   # adds the same to every score: softmax-invariant, zero gradient
+                    assert p.grad is not None and p.grad.abs().max() < 1e-6
+                    continue
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.tower.parameters())
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text.blocks[0].parameters())
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses   # 1.099 (log 3: scores start near 0) -> 0.94 measured
+
+
+def test_tighttransf_frozen_towers_train_only_the_header():
+    model = build_tight(train_visual=False, train_text=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"aggregator.{n}" for n, _ in model.aggregator.named_parameters()}
+
+
+def test_tighttransf_refuses_a_second_text_classifier():
+    with pytest.raises(ValueError, match="own text classifier"):
+        adaptvid.build_model("tiny-clip", "coop,clip4clip", num_frames=FRAMES, class_names=CLASS_NAMES,
+                             sim_header="tightTransf", transf_layers=2)
 
 
 # -- X-Pool ----------------------------------------------------------------------------
@@ -309,6 +489,7 @@ def test_xpool_model_scores_text_conditioned_and_falls_back_to_the_mean(backbone
 
 
 @pytest.mark.parametrize("method,options", [("clip4clip", {"sim_header": "seqTransf", "transf_layers": 2}),
+                                            ("clip4clip", {"sim_header": "tightTransf", "transf_layers": 2}),
                                             ("x-pool", {})])
 def test_a_trained_retrieval_model_reloads_exactly(method, options, tmp_path):
     from adaptvid.checkpoints import load_model
