@@ -43,6 +43,11 @@ def add_prepare_parser(sub) -> None:
         _common(u, folder)
         u.add_argument("--split", default="all", choices=["1", "2", "3", "all"],
                        help="one split into --output, or all three into split1/ split2/ split3/ (default)")
+    m = kinds.add_parser("msrvtt", help="MSR-VTT (retrieval): MSRVTT_data.json + split csvs -> train.jsonl, test.jsonl")
+    _common(m, "folder with MSRVTT_data.json, MSRVTT_train.9k.csv (or .7k) and MSRVTT_JSFUSION_test.csv")
+    m.add_argument("--train-split", choices=["9k", "7k"], default="9k", help="training videos (default 9k)")
+    v = kinds.add_parser("msvd", help="MSVD (retrieval): AllVideoDescriptions.txt + split lists -> train/val/test.jsonl")
+    _common(v, "folder with AllVideoDescriptions.txt, train_list.txt, val_list.txt and test_list.txt")
     r = kinds.add_parser("resize", help="re-encode a tree of videos to a smaller short side (H.264)")
     r.add_argument("src", help="source video folder (never modified)")
     r.add_argument("dst", help="output folder (same relative paths)")
@@ -77,6 +82,11 @@ def cmd_prepare(args) -> int:
                                                split_files=args.split_files, **common)
     elif kind == "ssv2":
         report = prepare.prepare_ssv2(args.annotations, args.video_root, args.output, **common)
+    elif kind == "msrvtt":
+        report = prepare.prepare_msrvtt(args.annotations, args.video_root, args.output, train_split=args.train_split,
+                                        **common)
+    elif kind == "msvd":
+        report = prepare.prepare_msvd(args.annotations, args.video_root, args.output, **common)
     elif kind == "ucf101":
         report = prepare.prepare_ucf101(args.annotations, args.video_root, args.output, split=args.split, **common)
     else:
