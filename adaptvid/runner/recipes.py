@@ -121,7 +121,8 @@ def apply_overrides(settings: dict, overrides: list[str]) -> dict:
 
 
 def reported_numbers(paper: dict) -> str:
-    """The paper's numbers in one phrase: top-1, zero-shot accuracies, or base/novel/harmonic mean."""
+    """The paper's numbers in one phrase: top-1, zero-shot accuracies, base/novel/harmonic mean, or
+    text-to-video R@1."""
     views = f" ({paper['views']} views)" if paper.get("views") else ""
     if "top1" in paper:
         return f"  paper top-1 {paper['top1']}{views}"
@@ -130,4 +131,6 @@ def reported_numbers(paper: dict) -> str:
         return f"  paper zero-shot {shown}{views}"
     if {"base", "novel", "hm"} <= set(paper):
         return f"  paper base/novel/HM {paper['base']}/{paper['novel']}/{paper['hm']}{views}"
+    if "t2v_R@1" in paper:
+        return f"  paper text->video R@1 {paper['t2v_R@1']}"
     return ""
