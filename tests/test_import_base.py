@@ -74,3 +74,9 @@ def test_the_cli_lists_formats_and_writes_a_folder(tmp_path, capsys):
     assert main(["import", "--format", "zeroi2v", str(ZEROI2V / "train_state.safetensors"), "--heads", "2",
                  "--output", str(out)]) == 2   # exists: refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_an_option_the_format_never_reads_is_refused():
+    """A misspelt option (`scael=`) or one meant for another format must not be silently ignored."""
+    with pytest.raises(CheckpointImportError, match=r"\['scael'\] mean nothing to a zeroi2v"):
+        import_checkpoint("zeroi2v", str(ZEROI2V / "train_state.safetensors"), heads=2, scael=1.0)

@@ -38,6 +38,27 @@ def _check_and_copy(model, conversion: Conversion, fmt: str, where: str) -> None
             expected[key].copy_(value)
 
 
+class _ReadOptions(dict):
+    """The options given to a format, remembering which ones its converter looked at: an option the
+    format never reads (a typo, or one meant for another format) is refused instead of silently ignored."""
+
+    def __init__(self, options: dict):
+        super().__init__(options)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
 def import_checkpoint(name: str, source, *, backbone=None, weights: Optional[str] = None,
                       num_frames: Optional[int] = None, class_names=None, output=None, overwrite: bool = False,
                       **options):
@@ -56,7 +77,8 @@ def import_checkpoint(name: str, source, *, backbone=None, weights: Optional[str
     state = read_checkpoint(source)
     if num_frames is not None:
         options["num_frames"] = num_frames
-    conversion = fmt.convert(state, dict(options))
+    given = _ReadOptions(options)
+    conversion = fmt.convert(state, given)
     unexpected = set(state) - conversion.consumed
     if unexpected:
         raise CheckpointImportError(f"{where}: {len(unexpected)} key(s) a {name} checkpoint does not have: "
@@ -76,6 +98,10 @@ def import_checkpoint(name: str, source, *, backbone=None, weights: Optional[str
                         class_names=classes, weights=weights, num_frames=num_frames or conversion.num_frames,
                         **conversion.options)
     _check_and_copy(model, conversion, name, where)
+    unused = sorted(set(options) - given.read - {"num_frames"})   # after the keys: a wrong file is said first
+    if unused:
+        raise CheckpointImportError(f"{where}: option(s) {unused} mean nothing to a {name} checkpoint of this form "
+                                    f"(the {name} format read: {sorted(given.read) or 'no option'}); check the names")
     model.eval()
     if conversion.merge:
         from ...model import merge
