@@ -19,7 +19,7 @@ def demo(tmp_path_factory):
 RECIPES = sorted(list_recipes())
 
 
-RETRIEVAL_METHODS = {"clip4clip", "x-pool"}   # published for text-video retrieval, not classification
+RETRIEVAL_METHODS = {"clip4clip", "x-pool", "clip-vip"}   # published for text-video retrieval, not classification
 
 
 def test_every_method_has_kinetics_and_ssv2_recipes():
