@@ -119,3 +119,44 @@ def test_adapt_takes_captions_format_when_the_extension_does_not_say(demo, tmp_p
     assert "captions format" in capsys.readouterr().err
     assert main([*common, "--captions-format", "jsonl", "--output", str(tmp_path / "b")]) == 0
     assert "R@1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method, fix", [("st-adapter", "st-adapter,clip4clip"), ("evl", "owns the readout")])
+def test_a_video_embedding_outside_the_joint_space_is_refused_with_the_fix(method, fix, demo, tmp_path, capsys):
+    """st-adapter's readout is the tower's unprojected width and evl's a decoder output: neither can be compared
+    with a caption; the refusal says why and what serves instead, before any data is read."""
+    assert main(["adapt", "--demo", "--demo-dir", str(demo), "--task", "retrieval", "--backbone", "tiny-clip",
+                 "--method", method, "--output", str(tmp_path / "r"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "64 wide" in err and "32 wide" in err and fix in err
+    model = adaptvid.build_model("tiny-clip", method, num_frames=4)
+    with pytest.raises(ValueError, match="joint video-text space"):
+        evaluate_retrieval(model, demo / "captions_val.jsonl", num_workers=0)
+
+
+@pytest.mark.parametrize("methods", ["lora,clip4clip", "zeroi2v,clip4clip"])
+def test_in_backbone_methods_train_as_retrieval_encoders_under_a_head(methods, demo):
+    """Compositions no official repository offers: LoRA or ZeroI2V adapters in the tower, CLIP4Clip's
+    meanP over frames, the symmetric InfoNCE loss. The adapters must learn (their tensors move) and the
+    loss fall on a fixed batch."""
+    from adaptvid.runner.retrieval import caption_dataset
+
+    model = adaptvid.build_model("tiny-clip", methods, num_frames=4)
+    dataset = caption_dataset(model, {"root": None}, str(demo / "captions_train.jsonl"), train=True)
+    task = RetrievalTask()
+    task.prepare(model)
+    batch = task.collate([dataset[i] for i in range(0, 18, 3)])
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters()
+                if p.requires_grad and methods.split(",")[0].replace("-", "") in n.replace("_", "").lower()}
+    assert adapters, "the in-backbone method's tensors are trainable"
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = task.loss(model, batch, model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8, losses
+    moved = dict(model.named_parameters())
+    assert all(not torch.equal(moved[n], before) for n, before in adapters.items())

@@ -46,6 +46,7 @@ def adapt_retrieval(resolved: dict, cfg, output: Path, *, resume: bool = False, 
                         num_frames=int(model_settings.get("frames", DEFAULT_RETRIEVAL_FRAMES)),
                         **resolved.get("options", {}))
     task = RetrievalTask(max_words=int(data.get("max_words", 32)))
+    task.prepare(model)   # a model that cannot compare videos and texts is refused before any data is read
     train_set = caption_dataset(model, data, data["train"], train=True, seed=cfg.seed)
     val_set = caption_dataset(model, data, data["val"], train=False) if data.get("val") else None
     logger.info("%s + %s (retrieval): %d training videos, %d captions; output %s", resolved["backbone"],

@@ -44,10 +44,20 @@ class RetrievalTask:
     primary_metric = "t2v_R@1"
 
     def prepare(self, model, process_index: int = 0) -> None:
+        """Refuse, with the reason and the fix, a model that cannot compare videos and texts."""
+        net = unwrap(model)
         try:
-            model.use_text()
+            text = net.use_text()
         except Exception as error:
             raise ValueError(f"retrieval needs a CLIP backbone with a text tower ({error})") from error
+        if net.embed_dim != text.embed_dim:
+            methods = ",".join(name for name, _ in net.methods) or "this model"
+            raise ValueError(
+                f"{methods}: the video embedding is {net.embed_dim} wide (the tower's width or a decoder's output, "
+                f"not projected) but CLIP's joint video-text space is {text.embed_dim} wide, so videos and captions "
+                "cannot be compared. An in-backbone method serves retrieval under a retrieval head, e.g. "
+                f"--method {methods},clip4clip; a method that owns the readout (evl, dist, side4video, "
+                "uniformerv2) has no joint-space embedding to offer")
 
     def tokenize(self, model, captions: list[str], device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         ids, mask = unwrap(model).text.tokenize(list(captions))
@@ -84,6 +94,7 @@ class RetrievalTask:
         caption's embedding, gathered across processes, each once: videos by dataset index, captions
         by (video index, ordinal)."""
         net = unwrap(model)
+        self.prepare(net)
         net.eval()
         device = model_device(net, accelerator)
         videos, frames, video_idx, texts, text_keys, lost = [], [], [], [], [], []
