@@ -1,4 +1,5 @@
-"""The text classifier of ActionCLIP (and Singularity's text option) and the guards the text-side heads share.
+"""The text classifier of ActionCLIP (and Singularity's text option), the video encoder of the text-conditioned
+heads, and the guards the text-side heads share.
 
 * :class:`SampledTemplateClassifier` (ActionCLIP): in training each class is encoded with one template
   drawn at random per step (torch's RNG), in the spirit of ActionCLIP's per-sample random template; in
@@ -9,8 +10,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..text import TextClassifier
+
+
+class FrameEmbeddingsEncoder(nn.Module):
+    """Parameter-free video encoder of the text-conditioned heads (X-Pool, CLIP4Clip's tightTransf): the frame
+    embeddings through the model's aggregator (its text-free fallback) as the video embedding, and the frame
+    embeddings themselves as ``aux`` for the classifier that scores every text against them."""
+
+    head_projection = True   # the readout uses backbone.head on every frame's CLS, projected (methods/_readout.py)
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.out_dim = embed_dim
+
+    def forward(self, video: torch.Tensor, model) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = model.encode_frames(video)
+        return model.aggregator(frames), frames
 
 
 def text_methods(model) -> list[str]:

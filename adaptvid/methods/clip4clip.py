@@ -96,7 +96,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..text import TextClassifier, check_templates, encode_class_prompts
 from ._temporal import QuickGELU
-from ._text_heads import check_no_text_classifier
+from ._text_heads import FrameEmbeddingsEncoder, check_no_text_classifier
 from .registry import register_method
 
 SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
@@ -422,21 +422,6 @@ class CrossHeader(nn.Module):
         return torch.cat(rows) if rows else frame_embeddings.new_zeros(0, frame_embeddings.shape[0])
 
 
-class CrossVideoEncoder(nn.Module):
-    """Parameter-free: the fallback embedding (``meanP``) as the video embedding, and the frame embeddings as
-    ``aux`` for :class:`CrossClassifier` (which scores every text against them)."""
-
-    head_projection = True   # the readout uses backbone.head on every frame's CLS, projected (methods/_readout.py)
-
-    def __init__(self, embed_dim: int) -> None:
-        super().__init__()
-        self.out_dim = embed_dim
-
-    def forward(self, video: torch.Tensor, model) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = model.encode_frames(video)
-        return model.aggregator(frames), frames
-
-
 class CrossClassifier(TextClassifier):
     """Scores texts with the tightTransf header: ``logits(video, texts, aux)`` with the frame embeddings
     ``(B, T, E)`` as ``aux`` -> ``(B, N)`` unscaled scores. Works without class names (free text through
@@ -500,5 +485,5 @@ def apply_clip4clip(model, config: CLIP4ClipConfig) -> None:
                          config.cross_text_chunk)
     model.set_aggregator(header)
     if tight:
-        model.set_video_encoder(CrossVideoEncoder(model.embed_dim))
+        model.set_video_encoder(FrameEmbeddingsEncoder(model.embed_dim))
         model.head = CrossClassifier(text, model.class_names, (config.class_template,), header=header)

@@ -33,7 +33,7 @@ LayerNorms 3 x 1,024 = 1,316,352, the same as the official ``Transformer(config)
   pooled embeddings ``(N, V, E)``. Both work in chunks of ``text_chunk`` texts (the frames' keys and
   values are computed once), so memory is bounded by ``text_chunk x V x E`` per step; both take an
   optional ``frame_mask`` ``(V, T)`` (True = real frame), which removes padded frames from the keys.
-* ``model.video_encoder`` is a parameter-free :class:`XPoolVideoEncoder` that returns ``(mean, frames)``:
+* ``model.video_encoder`` is a parameter-free :class:`FrameEmbeddingsEncoder` that returns ``(mean, frames)``:
   the frame embeddings travel as the classifier's ``aux``, so ``model.text_logits(video, texts)`` and, with
   class names, ``model(video)`` are X-Pool scores (each text pools the video itself), not the mean's.
   ``model.head`` is an :class:`XPoolClassifier`, set with or without class names (without them
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..text import TextClassifier, check_templates, encode_class_prompts
-from ._text_heads import check_no_text_classifier
+from ._text_heads import FrameEmbeddingsEncoder, check_no_text_classifier
 from .registry import register_method
 
 
@@ -191,21 +191,6 @@ class XPoolHead(nn.Module):
         return scores if logit_scale is None else logit_scale.exp().to(scores.dtype) * scores
 
 
-class XPoolVideoEncoder(nn.Module):
-    """Parameter-free: the frame embeddings through the model's aggregator (the mean) as the video embedding,
-    and the frame embeddings themselves as ``aux`` for the X-Pool classifier."""
-
-    head_projection = True   # the readout uses backbone.head on every frame's CLS, projected (methods/_readout.py)
-
-    def __init__(self, embed_dim: int) -> None:
-        super().__init__()
-        self.out_dim = embed_dim
-
-    def forward(self, video: torch.Tensor, model) -> tuple[torch.Tensor, torch.Tensor]:
-        frames = model.encode_frames(video)
-        return model.aggregator(frames), frames
-
-
 class XPoolClassifier(TextClassifier):
     """Scores texts by X-Pool: ``logits(video, texts, aux)`` with the frame embeddings ``(B, T, E)`` as ``aux``
     -> ``(B, N)`` = ``exp(logit_scale) x cos(text, pool(text, video))``. Works without class names (free-text
@@ -248,7 +233,7 @@ def apply_xpool(model, config: XPoolConfig) -> None:
     model.set_readout("embed-mean", project=True)
     head = XPoolHead(model.embed_dim, config.xpool_heads, config.xpool_dropout, config.xpool_text_chunk)
     model.set_aggregator(head)
-    model.set_video_encoder(XPoolVideoEncoder(model.embed_dim))
+    model.set_video_encoder(FrameEmbeddingsEncoder(model.embed_dim))
     model.head = XPoolClassifier(text, model.class_names, (config.class_template,), head=head)
     if config.train_visual:
         model.backbone.tower.requires_grad_(True)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 
 from .base import CheckpointImportError, Conversion, ImportFormat, register_format
+from .mmaction_vit_clip import adapter_ratio, backbone_prefix
 from .openai_clip import split_openai_clip
 
 NAME = "aim"
@@ -45,15 +46,6 @@ _TARGET = {"T_Adapter": "before_attn.aim_temporal.adapter", "T_Adapter_in": "bef
            "S_Adapter": "attn_branch.aim_spatial.adapter", "MLP_Adapter": "mlp_parallel.aim_mlp.adapter"}
 _LINEAR = {"1": "down", "2": "up"}
 _HEAD = ("cls_head.fc_cls.weight", "cls_head.fc_cls.bias")
-
-
-def _backbone_prefix(state: dict) -> str:
-    for prefix in ("backbone.", ""):
-        if f"{prefix}conv1.weight" in state and f"{prefix}temporal_embedding" in state:
-            return prefix
-    raise CheckpointImportError(
-        "aim: no AIM ViT_CLIP backbone found (expected 'backbone.conv1.weight' and 'backbone.temporal_embedding', "
-        "as mmaction saves ViT_CLIP; the ImageNet-ViT and TimeSformer variants are not supported); check --format")
 
 
 def _adapters(backbone: dict) -> tuple[dict, set, set]:
@@ -70,14 +62,8 @@ def _adapters(backbone: dict) -> tuple[dict, set, set]:
     return tensors, used, kinds
 
 
-def _ratio(hidden: int, width: int) -> float:
-    """A ratio with ``int(width * ratio) == hidden`` (the method's own rounding, as the official Adapter's)."""
-    ratio = hidden / width
-    return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
-
-
 def convert(state: dict, options: dict) -> Conversion:
-    prefix = _backbone_prefix(state)
+    prefix = backbone_prefix(state, NAME, "ViT_CLIP")
     backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing_head = [k for k in _HEAD if k not in state]
     if missing_head:
@@ -92,7 +78,7 @@ def convert(state: dict, options: dict) -> Conversion:
     tower_state = {f"visual.{k}": v for k, v in backbone.items() if k not in adapter_keys and k != "temporal_embedding"}
     tower, rest = split_openai_clip(tower_state, **({"heads": options["heads"]} if "heads" in options else {}))
     temporal = backbone["temporal_embedding"]
-    method_options = {"ratio": _ratio(hidden, width), "num_tadapter": num_tadapter,
+    method_options = {"ratio": adapter_ratio(hidden, width), "num_tadapter": num_tadapter,
                       "scale": float(options.get("scale", 1.0 if num_tadapter == 2 else 0.5))}
     tensors = dict(adapters)
     tensors["backbone.before_pre_norm.aim.temporal_embedding"] = temporal

@@ -38,6 +38,7 @@ import re
 import torch
 
 from .base import CheckpointImportError, Conversion, ImportFormat, register_format
+from .mmaction_vit_clip import adapter_ratio, backbone_prefix
 from .openai_clip import split_openai_clip
 
 NAME = "zeroi2v"
@@ -47,15 +48,6 @@ _TARGET = {"T_Adapter_in": "attention.zeroi2v.t_adapter", "S_Adapter": "attentio
            "MLP_Adapter": "mlp_in.zeroi2v", "MLP_Adapter_out": "mlp_out.zeroi2v"}
 _LINEAR = {"1": "down", "2": "up"}
 _HEAD = ("cls_head.fc_cls.weight", "cls_head.fc_cls.bias")
-
-
-def _backbone_prefix(state: dict) -> str:
-    for prefix in ("backbone.", ""):
-        if f"{prefix}conv1.weight" in state and f"{prefix}temporal_embedding" in state:
-            return prefix
-    raise CheckpointImportError(
-        "zeroi2v: no ZeroI2V backbone found (expected 'backbone.conv1.weight' and 'backbone.temporal_embedding', "
-        "as mmaction saves ViT_Zero_CLIP); check --format")
 
 
 def _identity_adapter(name: str, width: int, hidden: int) -> dict:
@@ -87,19 +79,13 @@ def _adapters(backbone: dict, width: int, depth: int) -> tuple[dict, set, int]:
     return out, used, hidden
 
 
-def _ratio(hidden: int, width: int) -> float:
-    """A bottleneck_ratio with ``int(width * ratio) == hidden`` (the method's own rounding)."""
-    ratio = hidden / width
-    return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
-
-
 def _heads(options: dict) -> dict:
     """Head counts are not in the tensors: pass the user's override on (default width // 64)."""
     return {"heads": options["heads"]} if "heads" in options else {}
 
 
 def convert(state: dict, options: dict) -> Conversion:
-    prefix = _backbone_prefix(state)
+    prefix = backbone_prefix(state, NAME, "ViT_Zero_CLIP")
     backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing_head = [k for k in _HEAD if k not in state]
     if missing_head:
@@ -118,7 +104,7 @@ def convert(state: dict, options: dict) -> Conversion:
     method_options = {"adapter_scale": float(options.get("adapter_scale", 0.5)),
                       "shift_div": int(options.get("shift_div", 12))}
     if hidden is not None:
-        method_options["bottleneck_ratio"] = _ratio(hidden, width)
+        method_options["bottleneck_ratio"] = adapter_ratio(hidden, width)
     tensors = dict(adapters)
     tensors["backbone.before_pre_norm.zeroi2v.temporal_embedding"] = temporal
     tensors["head.weight"], tensors["head.bias"] = state[_HEAD[0]], state[_HEAD[1]]
