@@ -21,6 +21,7 @@ median times and PASS/FAIL against the targets.
 
     python benchmarks/bench_peers.py            # ~4 min on a 2-core CPU
     python benchmarks/bench_peers.py --quick    # smaller sizes, < 1 min
+    python benchmarks/bench_peers.py --only xclip --device cuda   # on a GPU (fp32; clocks read after a sync)
 """
 from __future__ import annotations
 
@@ -62,7 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=101, help="class texts for X-CLIP (default 101, as UCF-101)")
     p.add_argument("--only", default="xclip,encode,methods", help="comma-separated subset of xclip,encode,methods")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu); both models and inputs go there")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device is available; use --device cpu")
+    return args
 
 
 def class_names(count: int) -> list[str]:
@@ -72,6 +77,12 @@ def class_names(count: int) -> list[str]:
     return [f"{VERBS[i % len(VERBS)]} {NOUNS[(i // len(VERBS) + i) % len(NOUNS)]}" for i in range(count)]
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that the clock reads what the call cost (a no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(ours, theirs, repeats: int) -> tuple[list, list]:
     """Times of ``ours()`` and ``theirs()`` called back to back, alternating which goes first."""
     with torch.no_grad():
@@ -79,8 +90,10 @@ def interleaved(ours, theirs, repeats: int) -> tuple[list, list]:
         a, b = [], []
         for i in range(repeats):
             for fn, out in ((ours, a), (theirs, b)) if i % 2 == 0 else ((theirs, b), (ours, a)):
+                _sync()
                 start = time.perf_counter()
                 fn()
+                _sync()
                 out.append(time.perf_counter() - start)
     return a, b
 
@@ -116,14 +129,15 @@ def bench_xclip(args, frames: int, repeats: int) -> tuple[list, str]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         reference.save_pretrained(folder)
-        theirs_model = XCLIPModel.from_pretrained(folder).eval()
-        video = torch.randn(1, frames, 3, 224, 224)            # transformers' layout (B, T, C, H, W)
+        theirs_model = XCLIPModel.from_pretrained(folder).eval().to(args.device)
+        video = torch.randn(1, frames, 3, 224, 224).to(args.device)   # transformers' layout (B, T, C, H, W)
         ours_video = video.transpose(1, 2).contiguous()        # adaptvid's (B, C, T, H, W)
         for count in (args.classes, 1):
             names = class_names(count)
-            ours_model = adaptvid.load_xclip(folder, class_names=names).eval()
+            ours_model = adaptvid.load_xclip(folder, class_names=names).eval().to(args.device)
             ids, mask = ClipBpeTokenizer()(names)
             ids, mask = ids[:, :int(mask.sum(1).max())], mask[:, :int(mask.sum(1).max())]   # padded to the longest
+            ids, mask = ids.to(args.device), mask.to(args.device)
             with torch.no_grad():
                 ours_logits = ours_model(ours_video)
                 theirs_logits = theirs_model(input_ids=ids, attention_mask=mask, pixel_values=video).logits_per_video
@@ -169,9 +183,10 @@ def bench_encode(args, frames: int, repeats: int) -> tuple[list, str]:
             model = build_model(name, "frozen", num_classes=None, weights=weights, num_frames=frames).eval()
             if args.quick and library != "transformers":
                 _keep_blocks(model, 4)
+            model.to(args.device)
             backbone = model.backbone
             size = backbone.preprocess.image_size
-            clip = torch.randn(1, 3, frames, size, size)
+            clip = torch.randn(1, 3, frames, size, size, device=args.device)
             images = clip.transpose(1, 2).reshape(frames, 3, size, size).contiguous()
             with torch.no_grad():
                 diff = (model.encode_video(clip) - backbone.library_forward(images).mean(0, keepdim=True)).abs().max().item()
@@ -205,8 +220,8 @@ def bench_methods(args, frames: int, repeats: int) -> tuple[list, str]:
             _keep_blocks(model, 4)
             if method == "evl":   # its decoder reads the last blocks: point it at the cut tower's
                 model.decoder.layers = model.decoder.qk_layers = [2, 3]
-        model.eval()
-        clip = torch.randn(1, 3, frames, 224, 224)
+        model.eval().to(args.device)
+        clip = torch.randn(1, 3, frames, 224, 224, device=args.device)
 
         def bare():
             with bare_backbone(model):
@@ -218,7 +233,9 @@ def bench_methods(args, frames: int, repeats: int) -> tuple[list, str]:
 
 
 def print_table(rows: list, notes: list, repeats: int) -> bool:
-    print(f"# adaptvid vs peers: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and torch.cuda.is_initialized() else \
+        f"{torch.get_num_threads()} CPU threads"
+    print(f"# adaptvid vs peers: {device}, torch {torch.__version__}, "
           f"{repeats} interleaved pairs each (median of the pair ratios, spread min-max)")
     for note in notes:
         print(f"# {note}")

@@ -12,6 +12,29 @@ from ..data import VideoDataset, VideoSample, VideoTransform, collate_videos, fo
 
 logger = logging.getLogger("adaptvid")
 DEFAULT_DEMO_DIR = "adaptvid_demo/data"
+# Full-size decoding by default: benchmarks/bench_data.py measured no clear gain from reduced-size decoding
+# of H.264 files (decoding every frame up to the last sampled one dominates) and a larger change of the
+# model input (colour: mean 2-5/255) than a change of resize interpolation. `auto` pays for JPEG frame
+# folders where libjpeg's DCT scaling applies (1080p), so it stays one setting away.
+DEFAULT_DECODE_SHORT_SIDE = None
+_OFF = (None, False, 0, "off", "none", "null", "full")
+
+
+def decode_short_side(data: dict):
+    """``data.decode_short_side``: ``auto`` (the transform's needs, see ``VideoDataset``), a short side in
+    pixels, or off (``off`` / ``null`` / ``false`` / ``0``: full-size decoding)."""
+    value = data.get("decode_short_side", DEFAULT_DECODE_SHORT_SIDE)
+    if isinstance(value, str):
+        value = value.strip().lower()
+        value = int(value) if value.isdigit() else value
+    if value in _OFF:
+        return None
+    if value == "auto" or value is True:
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"data.decode_short_side must be auto, a short side in pixels or off, got {value!r} "
+                     "(e.g. --set data.decode_short_side=auto)")
 
 
 def _normalised(name: str) -> str:
@@ -82,7 +105,8 @@ def make_dataset(model, data: dict, samples, train: bool, views: str = "1x1", se
     """A training (random crops, augmentation) or test (resize, centre/multi crops, ``views``) dataset of
     ``samples`` sized for ``model``: its frames, its weights' preprocessing, the run's sampling settings."""
     common = dict(num_frames=model.num_frames, sampling=data.get("sampling", "segment"),
-                  stride=int(data.get("stride", 4)), backend=data.get("backend"), seed=seed)
+                  stride=int(data.get("stride", 4)), backend=data.get("backend"), seed=seed,
+                  decode_short_side=decode_short_side(data))
     if train:
         return VideoDataset(samples, transform=make_transform(model, data, True), train=True, **common)
     return VideoDataset(samples, transform=make_transform(model, data, False), train=False, views=views, **common)

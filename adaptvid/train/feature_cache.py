@@ -12,8 +12,8 @@ networks on large sets; not a substitute for augmentation on small ones.
 
 Layout: ``DIR/<fingerprint>/{train,val}-NNNNN.safetensors`` (keys ``features``,
 ``labels``, ``indices``) + ``meta.json``; the fingerprint covers the backbone,
-its weights, the readout's inputs, the list of videos and the sampling, so a
-changed setting never reads stale features.
+its weights, the readout's inputs, the list of videos, the sampling and the
+decode size, so a changed setting never reads stale features.
 """
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def fingerprint(model, dataset, split: str) -> str:
         "transform": repr(t), "scale": list(getattr(t, "scale", [])), "decoder_layers": decoder_layers,
         "samples": [(s.path, s.label) for s in dataset.samples],
     }
+    # Reduced-size decoding changes the pixels a little: its own key. Left out when off, so the caches
+    # written before the setting existed (all full-size) keep their fingerprint.
+    if getattr(dataset, "decode_short_side", None) is not None:
+        items["decode_short_side"] = dataset.decode_short_side
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
