@@ -61,6 +61,8 @@ def _model(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.task == "retrieval":
+        if args.compile:
+            raise SystemExit("adaptvid eval --compile: classification only for now; leave it out with --task retrieval")
         return _eval_retrieval(args)
     if not args.data:
         raise SystemExit("adaptvid eval: pass --data LIST (or --task retrieval --captions FILE)")
@@ -69,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..runner.inference import is_main_process
 
     result = evaluate(_model(args), args.data, args.views, data_root=args.data_root, batch_size=args.batch_size,
-                      num_workers=args.num_workers, allow_outside_root=args.allow_outside_root)
+                      num_workers=args.num_workers, allow_outside_root=args.allow_outside_root, compile=args.compile)
     if not is_main_process():   # under torchrun: every process scored its shard; the first one prints
         return 0
     if args.json:

@@ -140,6 +140,9 @@ def _add_inference(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object (percentages to 2 decimals)")
+    p.add_argument("--compile", action="store_true",
+                   help="classification: score with torch.compile(model) (backend from ADAPTVID_COMPILE_BACKEND, "
+                        "default inductor; the first batches pay the compile time)")
     p = sub.add_parser("predict", help="top-k classes for each video (of a checkpoint, or zero-shot)")
     _add_model_source(p)
     p.add_argument("videos", nargs="+", metavar="VIDEO")

@@ -18,6 +18,7 @@ from ..model import VideoModel, build_model, count_parameters, merge, set_classe
 from ..tasks import evaluate as evaluate_classification, view_scores
 from ..text import read_templates
 from ..train import OutputExistsError
+from ..train.trainer import compiled
 from .settings import NoUsefulWorkError
 from .data import check_labels, eval_loader, load_samples, recorded_data
 from .embed import describe, embed_videos, save_embeddings
@@ -59,10 +60,13 @@ def is_main_process() -> bool:
 
 def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[str] = None,
              batch_size: int = 4, num_workers: int = 2, weights: Optional[str] = None, classes=None,
-             templates=None, allow_outside_root: bool = False, allow_other_weights: bool = False) -> dict:
+             templates=None, allow_outside_root: bool = False, allow_other_weights: bool = False,
+             compile: bool = False) -> dict:
     """Top-1 / top-5 / mean-class accuracy (percent, 2 decimals) of ``model`` on ``data`` (a list file or
     a ``<class>/<video>`` tree): ``{"top1", "top5", "mean_class", "num_videos", "skipped", "views"}``,
-    the object ``adaptvid eval --json`` prints. Raises if no video could be read, or a label has no class."""
+    the object ``adaptvid eval --json`` prints. Raises if no video could be read, or a label has no class.
+    ``compile``: score with ``torch.compile(model)`` (backend from ``ADAPTVID_COMPILE_BACKEND``, default
+    inductor); the model passed in stays uncompiled."""
     parse_views(views)
     model = as_model(model, weights, classes, templates, allow_other_weights)
     samples, _ = load_samples(str(data), data_root, model.class_names if Path(data).is_dir() else None,
@@ -72,7 +76,7 @@ def evaluate(model: ModelLike, data, views: str = "1x1", *, data_root: Optional[
     accelerator = distributed_accelerator()
     if accelerator is not None:   # each process scores its shard; the results are gathered
         model, loader = model.to(accelerator.device), accelerator.prepare(loader)
-    result = evaluate_classification(model, loader, accelerator)
+    result = evaluate_classification(compiled(model) if compile else model, loader, accelerator)
     if not result["num_videos"]:
         raise NoUsefulWorkError(f"{data}: none of its {len(samples)} videos could be read (first: "
                                 f"{[s.path for s in samples[:3]]}); see the warnings above")
