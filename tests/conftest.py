@@ -80,6 +80,27 @@ def fixed_batch_losses(model, video, labels, steps: int = 10, lr: float = 1e-2, 
     return losses
 
 
+def retrieval_fixed_batch_losses(model, captions_file, steps: int = 8, lr: float = 1e-3) -> list[float]:
+    """Contrastive training (RetrievalTask's loss) on one batch of 6 captioned demo clips for ``steps`` AdamW
+    steps; the losses. The model is checked by the task first, as a run would."""
+    from adaptvid.retrieval import RetrievalTask
+    from adaptvid.runner.retrieval import caption_dataset
+
+    dataset = caption_dataset(model, {"root": None}, str(captions_file), train=True)
+    task = RetrievalTask()
+    task.prepare(model)
+    batch = task.collate([dataset[i] for i in range(0, 18, 3)])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = task.loss(model, batch, model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def check_batchnorm_checkpoint_round_trip(model, norm_type, count: int, tmp_path) -> None:
     """Three training steps, then: each of the ``count`` ``norm_type`` modules tracked statistics, the checkpoint
     holds exactly the trainable parameters and those norms' buffers, a reload gives identical eval logits, and

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import adaptvid
 from adaptvid.methods.clip_vip import ProxyGuidedAttention, proxy_guided_mask
 from adaptvid.model.profile import profile_model
-from conftest import TINY_BACKBONES, check_one_training_step, tiny_video
+from conftest import TINY_BACKBONES, check_one_training_step, retrieval_fixed_batch_losses, tiny_video
 
 FRAMES = 4
 PROXIES = 4          # the official default: add_cls_num 3 + the CLS
@@ -182,22 +182,9 @@ def test_trainable_parameters_on_clip_vit_b_match_the_official_definitions(backb
 
 
 def test_retrieval_training_lowers_the_contrastive_loss_on_a_fixed_batch(demo):
-    from adaptvid.retrieval import RetrievalTask
-    from adaptvid.runner.retrieval import caption_dataset
-
     model = adaptvid.build_model("tiny-clip", "clip-vip", num_frames=FRAMES)
     assert model.text is not None and all(p.requires_grad for p in model.text.parameters())
-    dataset = caption_dataset(model, {"root": None}, str(demo / "captions_train.jsonl"), train=True)
-    task = RetrievalTask()
-    batch = task.collate([dataset[i] for i in range(0, 18, 3)])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(6):
-        loss = task.loss(model, batch, model)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = retrieval_fixed_batch_losses(model, demo / "captions_train.jsonl", steps=6)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] * 0.8, losses
 
 

@@ -7,7 +7,8 @@ import torch
 
 import adaptvid
 from adaptvid.cli import main
-from adaptvid.retrieval import Index, RetrievalTask, evaluate_retrieval
+from adaptvid.retrieval import Index, evaluate_retrieval
+from conftest import retrieval_fixed_batch_losses
 
 FAST = ["--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--frames", "4"]
 METRICS = {"R@1", "R@5", "R@10", "MdR", "MnR"}
@@ -58,19 +59,7 @@ def test_retrieval_from_python(demo, tmp_path):
 
 def test_the_contrastive_loss_goes_down_on_a_fixed_batch(demo):
     model = adaptvid.build_model("tiny-clip", "clip4clip", num_frames=4, sim_header="seqTransf")
-    from adaptvid.runner.retrieval import caption_dataset
-
-    dataset = caption_dataset(model, {"root": None}, str(demo / "captions_train.jsonl"), train=True)
-    task = RetrievalTask()
-    batch = task.collate([dataset[i] for i in range(0, 18, 3)])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = task.loss(model, batch, model)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = retrieval_fixed_batch_losses(model, demo / "captions_train.jsonl")
     assert losses[-1] < losses[0] * 0.8, losses
 
 
@@ -139,24 +128,11 @@ def test_in_backbone_methods_train_as_retrieval_encoders_under_a_head(methods, d
     """Compositions no official repository offers: LoRA or ZeroI2V adapters in the tower, CLIP4Clip's
     meanP over frames, the symmetric InfoNCE loss. The adapters must learn (their tensors move) and the
     loss fall on a fixed batch."""
-    from adaptvid.runner.retrieval import caption_dataset
-
     model = adaptvid.build_model("tiny-clip", methods, num_frames=4)
-    dataset = caption_dataset(model, {"root": None}, str(demo / "captions_train.jsonl"), train=True)
-    task = RetrievalTask()
-    task.prepare(model)
-    batch = task.collate([dataset[i] for i in range(0, 18, 3)])
     adapters = {n: p.detach().clone() for n, p in model.named_parameters()
                 if p.requires_grad and methods.split(",")[0].replace("-", "") in n.replace("_", "").lower()}
     assert adapters, "the in-backbone method's tensors are trainable"
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = task.loss(model, batch, model)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = retrieval_fixed_batch_losses(model, demo / "captions_train.jsonl")
     assert losses[-1] < losses[0] * 0.8, losses
     moved = dict(model.named_parameters())
     assert all(not torch.equal(moved[n], before) for n, before in adapters.items())
