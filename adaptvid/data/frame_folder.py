@@ -64,9 +64,11 @@ def frame_files(folder: str) -> list[str]:
 class FrameFolderReader(VideoReader):
     """A folder of frame images behind the VideoReader interface.
 
-    `short_side` (optional) loads frames resized so their shorter side is
-    `short_side` (never enlarged); JPEGs then decode at reduced scale
-    (libjpeg's DCT scaling through PIL's ``draft``) before the final resize.
+    `short_side` (optional) loads JPEG frames that libjpeg can decode at 1/2,
+    1/4 or 1/8 scale (DCT scaling through PIL's ``draft``) at that scale and
+    resizes them so their shorter side is `short_side` (never enlarged); a
+    frame no DCT scale fits (or a PNG) is returned at full size, since a resize
+    here would only add to the transform's.
     """
 
     backend = "frames"
@@ -93,10 +95,11 @@ class FrameFolderReader(VideoReader):
             if target is not None:
                 height, width = target
                 image.draft("RGB", (width, height))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
-                image = image.convert("RGB").resize((width, height), Image.BILINEAR)
-            else:
-                image = image.convert("RGB")
-            return np.asarray(image)
+                if image.size != (size[1], size[0]):   # libjpeg scaled it: finish the reduction here
+                    return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
+                # No DCT scale fits (e.g. 720p to 448, a PNG): a resize here would only add to the
+                # transform's own (bench_data.py measured 0.5x), so the frame stays full size.
+            return np.asarray(image.convert("RGB"))
 
     def _decode_sorted(self, indices):
         return np.stack([self._load(self.files[i]) for i in indices])

@@ -49,3 +49,18 @@ def test_flow_files_beside_rgb_frames_and_bad_folders(tmp_path, video_tools):
     write_frames(mixed, frames[:2], "b{}.png")
     with pytest.raises(VideoReadError, match="several frame patterns"):
         open_video(mixed)
+
+
+def test_reduced_loading_only_where_libjpeg_scales(tmp_path, video_tools):
+    """short_side: a JPEG that libjpeg can decode at 1/2 scale comes back at the short side; one no DCT scale
+    fits (1/2 would undershoot), and a PNG, come back at full size, untouched: a resize there would only
+    add to the transform's own."""
+    pattern_frames, _ = video_tools
+    frames = pattern_frames(2, 96, 128)
+    jpegs = write_frames(tmp_path / "jpg", frames, "img_{:05d}.jpg")
+    assert open_video(jpegs, short_side=48).get_frames([0, 1]).shape == (2, 48, 64, 3)   # DCT 1/2
+    assert open_video(jpegs, short_side=40).get_frames([0]).shape == (1, 40, 53, 3)      # DCT 1/2, then resized
+    full = open_video(jpegs).get_frames([0, 1])
+    np.testing.assert_array_equal(open_video(jpegs, short_side=72).get_frames([0, 1]), full)
+    pngs = write_frames(tmp_path / "png", frames, "img_{:05d}.png")
+    np.testing.assert_array_equal(open_video(pngs, short_side=48).get_frames([0, 1]), frames)
