@@ -66,3 +66,18 @@ def test_a_run_records_the_setting_and_caches_apart(demo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(tmp_path / "auto"), "--data", str(demo / "val.txt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_videos"] == 12
+
+
+def test_retrieval_datasets_take_the_run_setting_too(demo):
+    """Captioned videos (adapt/eval --task retrieval) decode at the size the run asks for, like labelled ones."""
+    from adaptvid.runner.retrieval import caption_dataset
+
+    retrieval = build_model("tiny-clip", "clip4clip", num_frames=4)
+    captions = str(demo / "captions_val.jsonl")
+    assert caption_dataset(retrieval, {}, captions, train=False).decode_short_side is None
+    auto = caption_dataset(retrieval, {"decode_short_side": "auto"}, captions, train=False)
+    assert auto.decode_short_side == 64
+    assert caption_dataset(retrieval, {"decode_short_side": "auto"}, captions, train=True).decode_short_side == 91   # 64 / sqrt(0.5): retrieval crops
+    full = caption_dataset(retrieval, {}, captions, train=False)[0]["video"]
+    reduced = auto[0]["video"]
+    assert reduced.shape == full.shape and (reduced - full).abs().mean() < 0.1   # the same clip, resized earlier

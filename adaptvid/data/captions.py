@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .datasets import SeededEpochs
+from .datasets import SeededEpochs, decode_size
 from .lists import _read_lines
 from .readers import VideoReadError, open_video
 from .sampling import segment_indices
@@ -637,7 +637,8 @@ class CaptionDataset(SeededEpochs, Dataset):
     clamped to the video): one random frame per segment in training, the segment centres at
     test.  Items: training ``{"video": (C, T, H, W), "caption": one caption, "index": i}`` with
     the caption drawn among the video's captions; test ``{"video", "captions": all captions,
-    "index"}``.  ``transform`` defaults to a VideoTransform of ``size`` with CLIP mean/std.
+    "index"}``.  ``transform`` defaults to a VideoTransform of ``size`` with CLIP mean/std;
+    ``decode_short_side`` decodes frames already shrunk, as in VideoDataset (``datasets.decode_size``).
 
     Randomness (caption, frames, crop) comes from ``item_rng(index)``, a numpy Generator seeded by
     (seed, epoch, index) as in VideoDataset, so an item does not depend on the worker that loads
@@ -648,7 +649,8 @@ class CaptionDataset(SeededEpochs, Dataset):
 
     def __init__(self, videos: Sequence[CaptionedVideo], num_frames: int = 12,
                  transform: Callable | None = None, train: bool = True,
-                 backend: str | None = None, seed: int = 0, *, size: int = 224):
+                 backend: str | None = None, seed: int = 0, *, size: int = 224,
+                 decode_short_side: int | str | None = None):
         self.videos = list(videos)
         for i, video in enumerate(self.videos):
             if isinstance(video.captions, str) or not video.captions:
@@ -662,6 +664,7 @@ class CaptionDataset(SeededEpochs, Dataset):
         self._init_epochs(seed)
         self.transform = transform if transform is not None else VideoTransform(
             size, CLIP_MEAN, CLIP_STD, train=train)
+        self.decode_short_side = decode_size(decode_short_side, self.transform, self.train)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -704,7 +707,7 @@ class CaptionDataset(SeededEpochs, Dataset):
         if self.train:
             caption = video.captions[int(rng.integers(len(video.captions)))]
         try:
-            reader = open_video(video.path, backend=self.backend)
+            reader = open_video(video.path, backend=self.backend, short_side=self.decode_short_side)
             frames = reader.get_frames(self.frame_indices(video, len(reader), reader.fps, rng))
             clip = self._apply(frames, rng)
         except VideoReadError as exc:

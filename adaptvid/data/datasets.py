@@ -43,6 +43,24 @@ class SeededEpochs:
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
 
+def decode_size(option, transform, train: bool) -> int | None:
+    """The short side to decode at for ``option``: an int, None (full size) or "auto".
+
+    "auto" needs a VideoTransform (its output size is known): evaluation
+    decodes at the transform's test-time short side, which its resize would
+    reach anyway; training decodes at size / sqrt(smallest crop area), so
+    even the smallest random crop is still at least `size` pixels and is
+    only ever shrunk.  Any other transform: full size.
+    """
+    if option != "auto":
+        return None if option is None else int(option)
+    if not isinstance(transform, VideoTransform):
+        return None
+    if not train:
+        return transform.short_side
+    return math.ceil(transform.size / math.sqrt(min(transform.scale)))
+
+
 class VideoDataset(SeededEpochs, Dataset):
     """Videos -> {"video": tensor, "label": int, "index": int}, or None if unreadable.
 
@@ -87,28 +105,10 @@ class VideoDataset(SeededEpochs, Dataset):
         self._init_epochs(seed)
         self.transform = transform if transform is not None else VideoTransform(
             size, CLIP_MEAN, CLIP_STD, train=train)
-        self.decode_short_side = self._decode_size(decode_short_side)
+        self.decode_short_side = decode_size(decode_short_side, self.transform, self.train)
         if self.views[1] > 1 and not hasattr(self.transform, "multi_crop"):
             raise ValueError("crops > 1 need a transform with a multi_crop(frames, "
                              "num_crops) method, such as VideoTransform")
-
-    def _decode_size(self, option) -> int | None:
-        """The short side to decode at: an int, None (full size) or "auto".
-
-        "auto" needs a VideoTransform (its output size is known): evaluation
-        decodes at the transform's test-time short side, which its resize would
-        reach anyway; training decodes at size / sqrt(smallest crop area), so
-        even the smallest random crop is still at least `size` pixels and is
-        only ever shrunk.  Any other transform: full size.
-        """
-        if option != "auto":
-            return None if option is None else int(option)
-        t = self.transform
-        if not isinstance(t, VideoTransform):
-            return None
-        if not self.train:
-            return t.short_side
-        return math.ceil(t.size / math.sqrt(min(t.scale)))
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -15,7 +15,7 @@ from ..data import CaptionDataset, collate_captions, read_captions
 from ..model import VideoModel, build_model
 from ..tasks.retrieval import RetrievalTask
 from ..train import fit
-from .data import make_transform
+from .data import decode_short_side, make_transform
 from .settings import NoUsefulWorkError
 
 logger = logging.getLogger("adaptvid")
@@ -26,8 +26,8 @@ def caption_dataset(model, data: dict, path: str, train: bool, seed: int = 0) ->
     """A captions file (any format ``read_captions`` knows) as a dataset sized for ``model``."""
     videos = read_captions(path, data.get("root"), data.get("captions_format"))
     return CaptionDataset(videos, num_frames=model.num_frames, transform=make_transform(model, data, train, default_scale=(0.5, 1.0)),
-                          train=train,
-                          backend=data.get("backend"), seed=seed)
+                          train=train, backend=data.get("backend"), seed=seed,
+                          decode_short_side=decode_short_side(data))
 
 
 def caption_loader(model, data: dict, path: str, batch_size: int = 8, num_workers: int = 2) -> DataLoader:
