@@ -1,8 +1,7 @@
 """CLIP-ViP: video proxy tokens and proxy-guided attention (adaptvid/methods/clip_vip.py).
 
-Checked against the official code off-repo (microsoft/XPretrain CLIP-ViP/src/modeling/CLIP_ViP.py,
-``CLIPVisionTransformer`` unmodified, on tiny-hf-clip's weights, 4-frame clips, temporal table of 4 and of 6
-frames): max abs diff 7.2e-7 on the projected video embedding. Here: the layout, the attention pattern
+Equality with the official code (microsoft/XPretrain CLIP-ViP/src/modeling/CLIP_ViP.py, unmodified) is
+tests/test_clip_vip_official.py, on the fixture in tests/fixtures/clip-vip/ (1.4e-6). Here: the layout, the attention pattern
 against a reference written per query from the paper, what trains, the parameter counts of the official
 definitions, retrieval training and FLOPs.
 """
