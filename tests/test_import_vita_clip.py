@@ -56,15 +56,38 @@ def test_options_read_from_the_tensors():
     assert tokens.local_prompts.shape == (1, 4, 64) and tokens.summary_attn is not None
     assert model.head.prompt.ctx.shape == (5, 8, 64)
     assert not model.training
-    assert tokens.cls_proj.weight.requires_grad   # so an adaptvid checkpoint of the import stores it
+
+
+def test_the_official_cls_proj_is_loaded_frozen_as_the_official_recipe():
+    """The checkpoint's random cls_proj goes into the frozen module's buffers: fine-tuning the import trains
+    exactly what a vita-clip model built with the same options trains."""
+    from adaptvid import build_model
+
+    ckpt = official_checkpoint()
+    model = import_checkpoint("vita-clip", ckpt, class_names=CLASSES, heads=HEADS)
+    assert model.methods[0][1].vita_train_cls_proj is False
+    assert not any("cls_proj" in n for n, _ in model.named_parameters())
+    for i in range(2):
+        tokens = model.backbone.slots[i].attn_tokens["vita_clip"]
+        for kind in ("weight", "bias"):
+            official = ckpt["model"][f"module.visual.blocks.{i}.cls_proj.{kind}"]
+            assert torch.equal(getattr(tokens.cls_proj, kind), official)
+    native = build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=4)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, p in native.named_parameters() if p.requires_grad}
 
 
 def test_the_written_checkpoint_reloads_to_the_same_logits(tmp_path):
     import adaptvid
 
     io = load_file(FIXTURE / "io.safetensors")
-    import_checkpoint("vita-clip", official_checkpoint(), class_names=CLASSES, heads=HEADS, output=tmp_path / "vita")
+    ckpt = official_checkpoint()
+    import_checkpoint("vita-clip", ckpt, class_names=CLASSES, heads=HEADS, output=tmp_path / "vita")
+    saved = load_file(tmp_path / "vita" / "adapter.safetensors")
+    official = ckpt["model"]["module.visual.blocks.1.cls_proj.weight"]
+    assert torch.equal(saved["backbone.slots.1.attn_tokens.vita_clip.cls_proj.weight"], official)   # stored
     model = adaptvid.load_model(tmp_path / "vita").eval()
+    assert not any("cls_proj" in n for n, _ in model.named_parameters())   # and still frozen after reloading
     with torch.no_grad():
         logits = model(io["video"].float())
     assert (logits - io["logits"]).abs().max().item() <= 1e-4

@@ -4,8 +4,12 @@ import math
 import pytest
 import torch
 
+from safetensors.torch import load_file, save_file
+from torch import nn
+
 from adaptvid import build_model, count_parameters, load_model
-from adaptvid.methods.vita_clip import FrameAttention, VitaClassifier
+from adaptvid.checkpoints import WEIGHTS_FILE
+from adaptvid.methods.vita_clip import FrameAttention, FrozenLinear, VitaClassifier
 from adaptvid.model.profile import profile_model
 from conftest import check_one_training_step, fixed_batch_losses, tiny_video
 
@@ -86,17 +90,42 @@ def test_trains_prompts_time_embedding_text_context_and_scale_only(backbone):
     attention = {f"summary_attn.{m}_proj.{w}" for m in ("q", "k", "v", "out") for w in ("weight", "bias")}
     assert trainable == {"time_embed", "global_prompts", "local_prompts", "summary_ln.weight", "summary_ln.bias",
                          "ctx", "learned_logit_scale"} | attention
-    assert not any(p.requires_grad for n, p in model.named_parameters() if "cls_proj" in n)
+    assert not any("cls_proj" in n for n, _ in model.named_parameters())   # frozen: buffers, not parameters
+    cls_proj = {n: b.clone() for n, b in model.named_buffers() if "cls_proj" in n}
+    assert sorted(cls_proj) == [f"backbone.slots.{i}.attn_tokens.vita_clip.cls_proj.{w}"
+                                for i in range(2) for w in ("bias", "weight")]
     video, labels = tiny_video(batch=3, frames=FRAMES), torch.tensor([0, 1, 2])
-    check_one_training_step(model, video, labels)       # both towers and cls_proj bit-identical after a step
+    check_one_training_step(model, video, labels)       # both towers bit-identical after a step
+    for name, before in cls_proj.items():
+        assert torch.equal(model.get_buffer(name), before), name
     losses = fixed_batch_losses(model, video, labels, steps=10, lr=1e-2)
     assert losses[-1] < losses[0], losses
 
 
 def test_trained_cls_proj_option():
     model = build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=FRAMES, vita_train_cls_proj=True)
-    assert all(p.requires_grad for n, p in model.named_parameters() if "cls_proj" in n)
+    frozen = build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=FRAMES)
+    for slot, frozen_slot in zip(model.backbone.slots, frozen.backbone.slots):
+        trained, fixed = slot.attn_tokens["vita_clip"].cls_proj, frozen_slot.attn_tokens["vita_clip"].cls_proj
+        assert type(trained) is nn.Linear and trained.weight.requires_grad and trained.bias.requires_grad
+        assert isinstance(fixed, FrozenLinear)
+        assert torch.equal(trained.weight, fixed.weight) and torch.equal(trained.bias, fixed.bias)  # one seeded draw
+    assert not any("cls_proj" in n for n, _ in model.named_buffers())
     check_one_training_step(model, tiny_video(batch=3, frames=FRAMES), torch.tensor([0, 1, 2]))
+
+
+def test_the_global_rng_draws_the_other_modules_as_before_the_frozen_buffers():
+    """Frozen or trained, building cls_proj advances the global RNG alike: one torch.manual_seed gives the
+    same prompts and frame attention either way (and as when the frozen projection was an nn.Linear)."""
+    models = []
+    for trained in (False, True):
+        torch.manual_seed(7)
+        models.append(build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=FRAMES,
+                                  vita_train_cls_proj=trained))
+    frozen, trained = (dict(m.named_parameters()) for m in models)
+    assert set(trained) - set(frozen) == {n for n in trained if "cls_proj" in n}
+    for name, value in frozen.items():
+        assert torch.equal(value, trained[name]), name
 
 
 def test_checkpoint_round_trip_rebuilds_the_frozen_random_cls_proj(tmp_path):
@@ -104,7 +133,44 @@ def test_checkpoint_round_trip_rebuilds_the_frozen_random_cls_proj(tmp_path):
     video = tiny_video(batch=3, frames=FRAMES)
     check_one_training_step(model, video, torch.tensor([0, 1, 2]))
     model.eval().save_adapter(tmp_path)
+    saved = load_file(str(tmp_path / WEIGHTS_FILE))
+    cls_proj = {n: b for n, b in model.named_buffers() if "cls_proj" in n}
+    assert len(cls_proj) == 4 and all(torch.equal(saved[n], b) for n, b in cls_proj.items())   # stored
     torch.manual_seed(123)   # the global RNG does not decide the frozen projection
+    loaded = load_model(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(video), model(video))
+
+
+def test_the_checkpoint_s_cls_proj_is_loaded_not_redrawn(tmp_path):
+    """Other frozen values (as an imported model holds) come back from the checkpoint, not from the seed."""
+    model = build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=FRAMES).eval()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if "cls_proj" in name:
+                buffer.copy_(torch.randn_like(buffer))
+    model.save_adapter(tmp_path)
+    loaded = load_model(tmp_path).eval()
+    video = tiny_video(frames=FRAMES)
+    with torch.no_grad():
+        assert torch.equal(loaded(video), model(video))
+        rebuilt = build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=FRAMES).eval()
+        rebuilt.load_state_dict({n: p for n, p in model.named_parameters() if p.requires_grad}, strict=False)
+        assert not torch.equal(rebuilt(video), model(video))     # the values matter
+
+
+def test_a_checkpoint_written_before_cls_proj_was_stored_rebuilds_it_from_the_seed(tmp_path):
+    """An older adaptvid saved the trainable tensors only: ``adapter.safetensors`` without the cls_proj keys
+    (a plain save_adapter folder, no manifest) still loads, and gives the same logits."""
+    model = build_model("tiny-clip", "vita-clip", class_names=CLASSES, num_frames=FRAMES)
+    video = tiny_video(batch=3, frames=FRAMES)
+    check_one_training_step(model, video, torch.tensor([0, 1, 2]))
+    model.eval().save_adapter(tmp_path)
+    assert not (tmp_path / "checkpoint.json").exists()
+    saved = load_file(str(tmp_path / WEIGHTS_FILE))
+    old = {n: t for n, t in saved.items() if "cls_proj" not in n}
+    assert len(saved) - len(old) == 4 and set(old) == {n for n, p in model.named_parameters() if p.requires_grad}
+    save_file(old, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
     loaded = load_model(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(loaded(video), model(video))
@@ -123,12 +189,18 @@ def test_vita_clip_sets_its_own_classifier():
         build_model("tiny-clip", "vifi-clip,vita-clip", class_names=CLASSES, num_frames=FRAMES)
 
 
-@pytest.mark.parametrize("train_cls_proj,expected", [(False, 28_520_449), (True, 28_520_449 + 12 * (768 * 768 + 768))])
+CLS_PROJ_B16 = 12 * (768 * 768 + 768)   # 7,087,104
+FROZEN_B16 = 149_620_737                 # both CLIP towers; the frozen cls_proj is buffers, not counted
+
+
+@pytest.mark.parametrize("train_cls_proj,expected", [(False, 28_520_449), (True, 28_520_449 + CLS_PROJ_B16)])
 def test_parameter_count_on_vit_b16_matches_the_official_code(train_cls_proj, expected):
     model = build_model("clip", "vita-clip", class_names=K400, weights="random", vita_train_cls_proj=train_cls_proj)
-    trainable, _ = count_parameters(model)
+    trainable, total = count_parameters(model)
     assert model.head.prompt.ctx.numel() == TEXT_CTX_400
     assert trainable - TEXT_CTX_400 == expected
+    assert total - trainable == FROZEN_B16   # totals: 179,779,586 frozen cls_proj, 186,866,690 trained
+    assert sum(b.numel() for n, b in model.named_buffers() if "cls_proj" in n) == (0 if train_cls_proj else CLS_PROJ_B16)
 
 
 def test_flops_overhead_on_vit_b16():

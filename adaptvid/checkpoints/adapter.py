@@ -53,6 +53,14 @@ def saved_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(t, torch.Tensor) and name not in parameters and not name.startswith(FROZEN_PREFIXES)}
 
 
+def rebuilt_buffers(model: torch.nn.Module) -> set[str]:
+    """Saved buffers that a module rebuilds identically when it is built (it names them in its class attribute
+    ``rebuilt_buffers``, e.g. vita-clip's frozen ``cls_proj`` drawn from a fixed seed): a checkpoint written
+    before they were saved lacks them, and loads with the rebuilt values."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name in getattr(module, "rebuilt_buffers", ())}
+
+
 def saved_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Everything a checkpoint holds: ``saved_parameters`` and ``saved_buffers``, by their model names."""
     return {**saved_parameters(model), **saved_buffers(model)}
@@ -161,10 +169,11 @@ def read_tensors(directory, map_location: str = "cpu") -> dict[str, torch.Tensor
 
 def load_tensors(model, tensors: dict[str, torch.Tensor], path) -> None:
     """Load checkpoint ``tensors`` (read from ``path``) into the model's ``saved_tensors``, refusing any
-    mismatch: a missing, unexpected or wrongly shaped tensor."""
+    mismatch: a missing, unexpected or wrongly shaped tensor. ``rebuilt_buffers`` may be missing (an older
+    checkpoint): they keep the values the model was built with."""
     expected = saved_tensors(model)
     unexpected = sorted(set(tensors) - set(expected))
-    missing = sorted(set(expected) - set(tensors))
+    missing = sorted(set(expected) - set(tensors) - rebuilt_buffers(model))
     wrong_shape = [f"{n} {tuple(tensors[n].shape)} != {tuple(p.shape)}"
                    for n, p in expected.items() if n in tensors and tensors[n].shape != p.shape]
     if unexpected or missing or wrong_shape:

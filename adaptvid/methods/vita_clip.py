@@ -23,8 +23,12 @@ after it; the MLP works per token, so dropping them after attention gives the ot
 values. ``cls_proj`` (a Linear(D, D) per block) is *frozen at its random initialisation* in the official
 code (its freezing rule keeps only names containing summary/local/global/time_embed trainable); adaptvid
 does the same by default (``vita_train_cls_proj=False``: 28,520,449 trainable on ViT-B/16 at 8 frames
-besides the text context) and draws it from a fixed seed, so a checkpoint that stores only the trained
-tensors rebuilds it exactly. ``vita_train_cls_proj=True`` trains it (+12 x (768*768+768) = 7,087,104).
+besides the text context). The frozen one is a ``FrozenLinear``: its weight and bias are persistent
+*buffers* (same ``cls_proj.weight`` / ``cls_proj.bias`` names), drawn from a fixed seed, so they count as
+no parameter and a checkpoint stores them with the methods' other buffers: an imported model keeps the
+official checkpoint's values frozen, and a checkpoint written before they were stored (they are its
+``rebuilt_buffers``) rebuilds them exactly from the seed. ``vita_train_cls_proj=True`` trains a real
+``nn.Linear`` instead (+12 x (768*768+768) = 7,087,104).
 Deviation: the official patch embedding has a Conv2d bias that CLIP's weights do not provide (a frozen
 random bias); adaptvid keeps the library's patch embedding unchanged.
 """
@@ -115,6 +119,32 @@ def _seeded_linear(width: int, generator: torch.Generator) -> nn.Linear:
     return linear
 
 
+class FrozenLinear(nn.Module):
+    """A linear map that is never trained: weight and bias are persistent buffers, not parameters, so they
+    count as no parameter, get no gradient, follow ``.to()`` and are stored by checkpoints (which hold the
+    methods' persistent buffers) under the names an ``nn.Linear`` would have."""
+
+    # Drawn from CLS_PROJ_SEED when built: a checkpoint written before they were stored may lack them and
+    # still loads to the same model (adaptvid.checkpoints.adapter.load_tensors).
+    rebuilt_buffers = ("weight", "bias")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _cls_proj(width: int, generator: torch.Generator, trained: bool) -> nn.Module:
+    """The per-block CLS projection, drawn from ``generator`` (the same values trained or not). Built as an
+    nn.Linear either way, so the global RNG advances as it always did and the other modules' initialisation
+    under a given ``torch.manual_seed`` is unchanged."""
+    linear = _seeded_linear(width, generator)
+    return linear if trained else FrozenLinear(linear.weight.detach(), linear.bias.detach())
+
+
 class VitaTokens(nn.Module):
     """``attn_tokens`` of one block: [global prompts, local prompts, summary token] for every frame."""
 
@@ -126,8 +156,7 @@ class VitaTokens(nn.Module):
         self.local_prompts = uniform_prompts(1, num_frames, width, bound=bound) if local else None
         self.cls_proj = None
         if local or summary:
-            self.cls_proj = _seeded_linear(width, generator)
-            self.cls_proj.requires_grad_(train_cls_proj)
+            self.cls_proj = _cls_proj(width, generator, train_cls_proj)
         self.summary_ln = nn.LayerNorm(width) if summary else None
         self.summary_attn = FrameAttention(width, num_heads) if summary else None
 

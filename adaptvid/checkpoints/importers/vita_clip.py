@@ -40,11 +40,11 @@ width // 64, as every CLIP). The text context is read as placed in front of the 
 (``--text_prompt_pos end``, the default and the released script's; the tensors do not record the
 position). Checkpoints without text prompt learning (zero-shot evaluation with stored text features) are refused.
 
-The per-block ``cls_proj`` is frozen at its random initialisation in the official code; adaptvid draws its
-frozen one from a fixed seed, which cannot give the checkpoint's values, and an adaptvid checkpoint folder
-stores the trainable tensors only. The imported model is therefore built with ``vita_train_cls_proj=True``
-(the checkpoint's ``cls_proj`` is loaded, saved with ``output=`` and reloaded exactly); fine-tuning it then
-trains ``cls_proj`` too (+ layers x (D*D + D) trainable parameters compared with the official recipe).
+The per-block ``cls_proj`` is frozen at its random initialisation in the official code. The imported
+model is built as the official recipe trains it (``vita_train_cls_proj=False``): its frozen ``cls_proj``
+holds weight and bias as persistent buffers (same names), the checkpoint's values are copied into them,
+an adaptvid checkpoint written with ``output=`` stores them next to the trained tensors (so it reloads
+exactly), and fine-tuning the imported model leaves them frozen.
 """
 from __future__ import annotations
 
@@ -173,9 +173,9 @@ def convert(state: dict, options: dict) -> Conversion:
         "vita_summary_token": "visual.blocks.0.summary_ln.weight" in state,
         "vita_text_ctx": ctx.shape[-2],
         "vita_text_class_specific": ctx.ndim == 3,
-        # The official cls_proj is a frozen random draw that adaptvid's seeded one cannot reproduce; an adaptvid
-        # checkpoint stores trainable tensors only, so the imported values must be trainable to be saved.
-        "vita_train_cls_proj": True,
+        # Frozen, as the official recipe: the checkpoint's random cls_proj goes into the frozen module's buffers,
+        # which adaptvid checkpoints store (the seeded draw could not give these values).
+        "vita_train_cls_proj": False,
     }
     return Conversion(method=NAME, options=method_options, tensors=tensors, num_classes=_class_count(state, ctx),
                       num_frames=time_embed.shape[0], tower=tower_spec, consumed=used)
