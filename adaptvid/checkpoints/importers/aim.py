@@ -33,42 +33,18 @@ a tower or adapter tensor, or holding one the model does not have, is an error t
 """
 from __future__ import annotations
 
-import re
-
 from .base import CheckpointImportError, Conversion, ImportFormat, register_format
-from .mmaction_vit_clip import adapter_ratio, backbone_prefix
+from .mmaction_vit_clip import HEAD, adapter_ratio, map_adapters, recognizer_parts
 from .openai_clip import split_openai_clip
 
 NAME = "aim"
-_ADAPTER = re.compile(r"^transformer\.resblocks\.(\d+)\.(T_Adapter|T_Adapter_in|S_Adapter|MLP_Adapter)"
-                      r"\.D_fc([12])\.(weight|bias)$")
 _TARGET = {"T_Adapter": "before_attn.aim_temporal.adapter", "T_Adapter_in": "before_attn.aim_temporal.adapter_in",
            "S_Adapter": "attn_branch.aim_spatial.adapter", "MLP_Adapter": "mlp_parallel.aim_mlp.adapter"}
-_LINEAR = {"1": "down", "2": "up"}
-_HEAD = ("cls_head.fc_cls.weight", "cls_head.fc_cls.bias")
-
-
-def _adapters(backbone: dict) -> tuple[dict, set, set]:
-    """adaptvid adapter tensors, the official keys they came from, and which adapter kinds are present."""
-    tensors, used, kinds = {}, set(), set()
-    for key, value in backbone.items():
-        match = _ADAPTER.match(key)
-        if match is None:
-            continue
-        block, adapter, fc, kind = match.groups()
-        tensors[f"backbone.slots.{block}.{_TARGET[adapter]}.{_LINEAR[fc]}.{kind}"] = value
-        used.add(key)
-        kinds.add(adapter)
-    return tensors, used, kinds
 
 
 def convert(state: dict, options: dict) -> Conversion:
-    prefix = backbone_prefix(state, NAME, "ViT_CLIP")
-    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing_head = [k for k in _HEAD if k not in state]
-    if missing_head:
-        raise CheckpointImportError(f"aim: no classification head {missing_head} (mmaction's I3DHead 'cls_head.fc_cls')")
-    adapters, adapter_keys, kinds = _adapters(backbone)
+    prefix, backbone = recognizer_parts(state, NAME, "ViT_CLIP")
+    adapters, adapter_keys, kinds = map_adapters(backbone, _TARGET)
     if "T_Adapter" not in kinds:
         raise CheckpointImportError("aim: no AIM adapters ('transformer.resblocks.i.T_Adapter.D_fc1.weight', ...); "
                                     "is this an adapt-image-models ViT_CLIP checkpoint? check --format")
@@ -82,11 +58,11 @@ def convert(state: dict, options: dict) -> Conversion:
                       "scale": float(options.get("scale", 1.0 if num_tadapter == 2 else 0.5))}
     tensors = dict(adapters)
     tensors["backbone.before_pre_norm.aim.temporal_embedding"] = temporal
-    tensors["head.weight"], tensors["head.bias"] = state[_HEAD[0]], state[_HEAD[1]]
+    tensors["head.weight"], tensors["head.bias"] = state[HEAD[0]], state[HEAD[1]]
     # keys left in `rest` are not consumed: import_checkpoint names them as unexpected
     consumed = ({prefix + k[len("visual."):] for k in tower.tensors} | {prefix + k for k in adapter_keys}
-                | {prefix + "temporal_embedding"} | set(_HEAD))
-    return Conversion(method=NAME, options=method_options, tensors=tensors, num_classes=state[_HEAD[0]].shape[0],
+                | {prefix + "temporal_embedding"} | set(HEAD))
+    return Conversion(method=NAME, options=method_options, tensors=tensors, num_classes=state[HEAD[0]].shape[0],
                       num_frames=temporal.shape[1], tower=tower, consumed=consumed)
 
 

@@ -33,21 +33,16 @@ gets an identity adapter after the MLP (``up`` zero), which computes exactly wha
 """
 from __future__ import annotations
 
-import re
 
 import torch
 
 from .base import CheckpointImportError, Conversion, ImportFormat, register_format
-from .mmaction_vit_clip import adapter_ratio, backbone_prefix
+from .mmaction_vit_clip import HEAD, adapter_ratio, map_adapters, recognizer_parts
 from .openai_clip import split_openai_clip
 
 NAME = "zeroi2v"
-_ADAPTER = re.compile(r"^transformer\.resblocks\.(\d+)\.(T_Adapter_in|S_Adapter|MLP_Adapter|MLP_Adapter_out)"
-                      r"\.D_fc([12])\.(weight|bias)$")
 _TARGET = {"T_Adapter_in": "attention.zeroi2v.t_adapter", "S_Adapter": "attention.zeroi2v.s_adapter",
            "MLP_Adapter": "mlp_in.zeroi2v", "MLP_Adapter_out": "mlp_out.zeroi2v"}
-_LINEAR = {"1": "down", "2": "up"}
-_HEAD = ("cls_head.fc_cls.weight", "cls_head.fc_cls.bias")
 
 
 def _identity_adapter(name: str, width: int, hidden: int) -> dict:
@@ -61,16 +56,8 @@ def _adapters(backbone: dict, width: int, depth: int) -> tuple[dict, set, int]:
 
     The reparameterised form has no adapters: every adapter is the identity (the tower holds their effect);
     a model trained with ``num_tadapter=1`` has no ``MLP_Adapter_out``: that one is the identity."""
-    out, used, hidden = {}, set(), None
-    for key, value in backbone.items():
-        match = _ADAPTER.match(key)
-        if match is None:
-            continue
-        block, adapter, fc, kind = match.groups()
-        out[f"backbone.slots.{block}.{_TARGET[adapter]}.{_LINEAR[fc]}.{kind}"] = value
-        used.add(key)
-        if fc == "1" and kind == "weight":
-            hidden = value.shape[0]
+    out, used, widths = map_adapters(backbone, _TARGET)
+    hidden = next(iter(widths.values()), None)   # one bottleneck width for every adapter
     size = hidden if hidden is not None else max(1, int(width * 0.25))
     for block in range(depth):
         for adapter, target in _TARGET.items():
@@ -85,11 +72,7 @@ def _heads(options: dict) -> dict:
 
 
 def convert(state: dict, options: dict) -> Conversion:
-    prefix = backbone_prefix(state, NAME, "ViT_Zero_CLIP")
-    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing_head = [k for k in _HEAD if k not in state]
-    if missing_head:
-        raise CheckpointImportError(f"zeroi2v: no classification head {missing_head} (mmaction's I3DHead 'cls_head.fc_cls')")
+    prefix, backbone = recognizer_parts(state, NAME, "ViT_Zero_CLIP")
     width = backbone["conv1.weight"].shape[0]
     depth = len({k.split(".")[2] for k in backbone if k.startswith("transformer.resblocks.")})
     adapters, adapter_keys, hidden = _adapters(backbone, width, depth)
@@ -107,9 +90,9 @@ def convert(state: dict, options: dict) -> Conversion:
         method_options["bottleneck_ratio"] = adapter_ratio(hidden, width)
     tensors = dict(adapters)
     tensors["backbone.before_pre_norm.zeroi2v.temporal_embedding"] = temporal
-    tensors["head.weight"], tensors["head.bias"] = state[_HEAD[0]], state[_HEAD[1]]
-    consumed = {prefix + k for k in backbone} | set(_HEAD)
-    return Conversion(method=NAME, options=method_options, tensors=tensors, num_classes=state[_HEAD[0]].shape[0],
+    tensors["head.weight"], tensors["head.bias"] = state[HEAD[0]], state[HEAD[1]]
+    consumed = {prefix + k for k in backbone} | set(HEAD)
+    return Conversion(method=NAME, options=method_options, tensors=tensors, num_classes=state[HEAD[0]].shape[0],
                       num_frames=temporal.shape[1], tower=tower, consumed=consumed)
 
 
