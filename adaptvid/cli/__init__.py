@@ -78,6 +78,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:   # `adaptvid ... | head`: the reader left; stop quietly as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Under torchrun / accelerate launch, tear down the process group the command started before the
+    interpreter exits: left to the exit handlers, gloo's threads can abort a process ("terminate called
+    without an active exception") after its work is done, failing a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
